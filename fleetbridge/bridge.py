@@ -1,0 +1,294 @@
+"""The bridge: accounts on one side, the MQTT contract on the other.
+
+Topics (see docs/mqtt.md): ``<base>/bridge/{state,info,devices}``, per device ``state``,
+``availability``, ``event``, ``<service>/set`` and ``<service>/result``, and Home Assistant
+discovery under ``<prefix>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from . import __version__, discovery, redact
+from .account import Account, Device, _iso
+from .config import Config
+from .errors import Rejected
+from .platform import SLUG_RE, Event, slugify
+from .plugins import PluginRegistry
+from .services import CONTROL_BY_KEY, SERVICE_BY_NAME, decode_payload, parse_payload
+from .storage import Store
+
+_LOGGER = logging.getLogger(__name__)
+
+INFO_DEBOUNCE = 1.0
+BIRTH_DELAY = (1.0, 5.0)
+
+
+def _json(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode()
+
+
+class Bridge:
+    """Owns the store, the MQTT link and the accounts of one configuration."""
+
+    def __init__(self, config: Config, registry: PluginRegistry) -> None:
+        from .mqtt import MqttLink
+
+        assert config.mqtt is not None, "the runner resolves an embedded broker before the bridge starts"
+        self.config = config
+        self.registry = registry
+        self.mqtt_cfg = config.mqtt
+        self.store = Store(config.storage)
+        self.topics = discovery.Topics(base=self.mqtt_cfg.base_topic, prefix=self.mqtt_cfg.discovery_prefix)
+        self.bridge_id = f"fleetbridge_bridge_{slugify(self.mqtt_cfg.client_id)}"
+        self.started_at = time.time()
+        self.accounts: dict[str, Account] = {
+            a.id: Account(self, a, registry.platforms.get(a.platform)) for a in config.accounts
+        }
+        self._discovery_topics: dict[tuple[str, str], set[str]] = {}
+        self._info_task: asyncio.Task[None] | None = None
+        self._outbox_queued: set[int] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.stats = {"commands": 0, "rejected": 0, "events": 0}
+        prefix = self.mqtt_cfg.discovery_prefix
+        self.mqtt = MqttLink(
+            self.mqtt_cfg,
+            will_topic=self.topics.bridge("state"),
+            subscriptions=[f"{self.topics.base}/+/+/+/set", f"{prefix}/status"],
+            on_message=self.on_message,
+            on_connect=self.flush_outbox,
+            discovery_filters=[f"{prefix}/device/+/config", f"{prefix}/+/+/+/config"]
+            if self.mqtt_cfg.discovery else [],
+            owns_discovery=self._owns_discovery,
+        )
+
+    # -- life cycle ---------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then publish ``offline`` and close everything."""
+        self._publish_bridge_discovery()
+        self._publish_info()
+        self._publish_devices_list()
+        tasks = [asyncio.create_task(self.mqtt.run(), name="mqtt")]
+        tasks += [asyncio.create_task(acc.run(), name=f"account:{acc.id}") for acc in self.accounts.values()]
+        if self.mqtt_cfg.heartbeat:
+            tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
+        try:
+            await stop.wait()
+        finally:
+            _LOGGER.info("Stopping")
+            await self.mqtt.publish_offline_and_close()
+            for task in tasks + list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*tasks, *self._tasks, return_exceptions=True)
+            self.store.close()
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.mqtt_cfg.heartbeat)
+            self.mqtt.republish(lambda t: t.endswith("/state") or t.endswith("/availability"))
+
+    # -- bridge topics ------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "started_at": _iso(self.started_at),
+            "platforms": {name: cls.title for name, cls in sorted(self.registry.platforms.items())},
+            "unavailable_plugins": dict(self.registry.unavailable),
+            "accounts": {aid: acc.info() for aid, acc in self.accounts.items()},
+            "device_count": sum(len(a.devices) for a in self.accounts.values()),
+            "discovery_mode": self.mqtt_cfg.discovery_mode,
+        }
+
+    def _publish_info(self) -> None:
+        self.mqtt.set_retained(self.topics.bridge("info"), redact.redact(_json(self.info()).decode()))
+
+    def info_changed(self, soon: bool = False) -> None:
+        """Publish bridge/info, debounced (a poll cycle of many accounts gives one message)."""
+        if self._info_task is None or self._info_task.done():
+            async def later() -> None:
+                await asyncio.sleep(INFO_DEBOUNCE if soon else 0.05)
+                self._publish_info()
+            try:
+                self._info_task = asyncio.get_running_loop().create_task(later())
+            except RuntimeError:
+                self._publish_info()
+
+    def _publish_devices_list(self) -> None:
+        rows = []
+        for acc in self.accounts.values():
+            for dev in acc.devices.values():
+                info = dev.info
+                rows.append({
+                    "account": acc.id, "id": dev.slug, "vendor_id": info.id, "name": info.name,
+                    "platform": acc.config.platform, "model": info.model, "identifiers": info.identifiers,
+                    "entities": sorted(info.keys), "services": list(dev.services),
+                    "state_topic": self.topics.device(acc.id, dev.slug, "state"),
+                })
+        self.mqtt.set_retained(self.topics.bridge("devices"), _json(rows))
+
+    def _publish_bridge_discovery(self) -> None:
+        if not self.mqtt_cfg.discovery:
+            return
+        comps = discovery.bridge_components(self.topics, self.bridge_id, list(self.accounts))
+        block = {"ids": [self.bridge_id], "name": f"fleetbridge ({self.mqtt_cfg.base_topic})",
+                 "mf": "fleetbridge", "mdl": "Bridge", "sw": __version__}
+        configs = discovery.build_configs(self.mqtt_cfg.discovery_mode, self.topics, self.bridge_id, block, comps,
+                                          [self.topics.bridge("state")])
+        self._set_discovery(("", "bridge"), configs)
+
+    def _set_discovery(self, key: tuple[str, str], configs: dict[str, dict[str, Any]]) -> None:
+        old = self._discovery_topics.get(key, set())
+        for topic in old - configs.keys():
+            self.mqtt.clear(topic)
+        for topic, payload in configs.items():
+            self.mqtt.set_retained(topic, _json(payload), discovery=True)
+        self._discovery_topics[key] = set(configs)
+
+    def _owns_discovery(self, topic: str, payload: bytes) -> bool:
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            return False
+        return isinstance(data, dict) and discovery.owned_by(data, self.bridge_id)
+
+    # -- called by accounts -------------------------------------------------------------------
+    def device_discovery(self, acc: Account, dev: Device) -> dict[str, dict[str, Any]]:
+        node = f"{acc.id}_{dev.slug}"
+        info = dev.info
+        event_types = acc.platform_cls.EVENT_TYPES if (acc.platform_cls and info.has_events) else ()
+        comps = discovery.device_components(self.topics, acc.id, dev.slug, info.keys, dev.services, event_types,
+                                            triggers=self.mqtt_cfg.device_triggers)
+        block = discovery.device_block(node, {
+            "name": info.name, "manufacturer": info.manufacturer or acc.platform_cls.manufacturer
+            or acc.platform_cls.title, "model": info.model, "sw_version": info.sw_version,
+            "hw_version": info.hw_version, "serial_number": info.serial_number,
+        }, self.bridge_id)
+        return discovery.build_configs(self.mqtt_cfg.discovery_mode, self.topics, node, block, comps,
+                                       [self.topics.bridge("state"), self.topics.device(acc.id, dev.slug,
+                                                                                         "availability")])
+
+    def devices_changed(self, acc: Account, removed: set[str]) -> None:
+        for slug in removed:
+            self._set_discovery((acc.id, slug), {})
+            for leaf in ("state", "availability"):
+                self.mqtt.clear(self.topics.device(acc.id, slug, leaf))
+        available = "online" if acc.available else "offline"
+        for dev in acc.devices.values():
+            if self.mqtt_cfg.discovery:
+                self._set_discovery((acc.id, dev.slug), self.device_discovery(acc, dev))
+            self.mqtt.set_retained(self.topics.device(acc.id, dev.slug, "availability"), available)
+            if dev.state:
+                self.mqtt.set_retained(self.topics.device(acc.id, dev.slug, "state"), _json(dev.state))
+        self._publish_devices_list()
+        self.info_changed()
+
+    def availability_changed(self, acc: Account) -> None:
+        value = "online" if acc.available else "offline"
+        for dev in acc.devices.values():
+            self.mqtt.set_retained(self.topics.device(acc.id, dev.slug, "availability"), value)
+
+    def state_changed(self, acc: Account, dev: Device, changes: dict[str, Any]) -> None:
+        self.mqtt.set_retained(self.topics.device(acc.id, dev.slug, "state"), _json(dev.state))
+        self.registry.notify("fleetbridge_state_changed", account=acc.id, device=dev.slug, state=dict(dev.state),
+                             changed=changes)
+
+    def event_message(self, acc: Account, dev: Device, ev: Event) -> tuple[str, bytes]:
+        at = ev.at if ev.at.tzinfo else ev.at.replace(tzinfo=timezone.utc)
+        payload = {**ev.data, "event_type": ev.event_type, "at": at.astimezone(timezone.utc).isoformat()
+                   .replace("+00:00", "Z"), "device": dev.slug, "account": acc.id}
+        self.stats["events"] += 1
+        self.registry.notify("fleetbridge_event", account=acc.id, device=dev.slug, event=payload)
+        return self.topics.device(acc.id, dev.slug, "event"), _json(payload)
+
+    def flush_outbox(self) -> None:
+        """Queue stored, not yet acknowledged events (after a restart or reconnect)."""
+        for outbox_id, topic, payload, qos in self.store.outbox():
+            if outbox_id in self._outbox_queued:
+                continue
+            self._outbox_queued.add(outbox_id)
+
+            def done(outbox_id: int = outbox_id) -> None:
+                self.store.outbox_done(outbox_id)
+                self._outbox_queued.discard(outbox_id)
+
+            self.mqtt.publish(topic, payload, qos=max(qos, 1), on_done=done)
+
+    def service_result(self, acc: Account, dev: Device, service: str, status: str, detail: str) -> None:
+        self._result(acc.id, dev.slug, service, status, detail)
+
+    def _result(self, account: str, device: str, service: str, status: str, detail: str) -> None:
+        result = {"service": service, "status": status, "detail": redact.redact(detail),
+                  "at": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")}
+        self.mqtt.publish(self.topics.device(account, device, f"{service}/result"), _json(result))
+        if status == "rejected":
+            self.stats["rejected"] += 1
+        self.registry.notify("fleetbridge_service_result", account=account, device=device, result=result)
+
+    # -- MQTT in ------------------------------------------------------------------------------
+    def on_message(self, topic: str, payload: bytes) -> None:
+        if topic == f"{self.mqtt_cfg.discovery_prefix}/status":
+            if payload.strip().lower() == b"online":
+                self._spawn(self._rediscover())
+            return
+        parts = topic.split("/")
+        base_len = len(self.topics.base.split("/"))
+        if len(parts) != base_len + 4 or parts[-1] != "set":
+            return
+        account, device, service = parts[base_len:base_len + 3]
+        self.handle_command(account, device, service, payload)
+
+    async def _rediscover(self) -> None:
+        """Home Assistant came online: discovery again after a small random delay, then states."""
+        await asyncio.sleep(random.uniform(*BIRTH_DELAY))
+        self.mqtt.republish(lambda t: t.startswith(self.mqtt_cfg.discovery_prefix + "/"))
+        await asyncio.sleep(0.5)
+        self.mqtt.republish(lambda t: t.startswith(self.topics.base + "/"))
+
+    def handle_command(self, account: str, device: str, service: str, payload: bytes, source: str = "mqtt") -> None:
+        """Validate a command; start it, or answer ``rejected`` without touching the vendor."""
+        self.stats["commands"] += 1
+        if not (SLUG_RE.match(account) and SLUG_RE.match(device) and SLUG_RE.match(service)):
+            _LOGGER.warning("Ignored a command on a malformed topic")
+            return
+        try:
+            acc, dev, name, params = self.validate_command(account, device, service, payload)
+        except Rejected as err:
+            _LOGGER.info("%s/%s: %s rejected: %s", account, device, service, err)
+            self._result(account, device, service, "rejected", str(err))
+            return
+        self._spawn(acc.call(dev, name, params, source))
+
+    def validate_command(self, account: str, device: str, service: str,
+                         payload: bytes) -> tuple[Account, Device, str, dict[str, Any]]:
+        acc = self.accounts.get(account)
+        if acc is None:
+            raise Rejected(f"unknown account '{account}'")
+        if acc.platform is None or acc.status == "disabled":
+            raise Rejected(f"account '{account}' is not running ({acc.status})")
+        dev = acc.devices.get(device)
+        if dev is None:
+            raise Rejected(f"unknown device '{device}'")
+        control = CONTROL_BY_KEY.get(service)
+        if control is not None:
+            value = decode_payload(payload)
+            command = value.upper() if isinstance(value, str) else None
+            if command not in control.commands:
+                raise Rejected(f"{service} takes {' or '.join(control.commands)}")
+            service, payload = control.commands[command], b"PRESS"
+        desc = SERVICE_BY_NAME.get(service)
+        if desc is None or service not in dev.info.services:
+            raise Rejected(f"service '{service}' is not supported by this device")
+        if service not in dev.services:
+            raise Rejected(f"service '{service}' is disabled; enable it under services: in the account's config")
+        return acc, dev, service, parse_payload(desc, payload)

@@ -1,0 +1,114 @@
+"""The canonical device vocabulary: state keys and the Home Assistant entities they become.
+
+Declared once, here, as data. Plugins map vendor fields onto these keys; discovery, the state JSON
+and the CLI are all built from these tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+DIAGNOSTIC = "diagnostic"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StateKey:
+    """One canonical state key and the entity that shows it."""
+
+    key: str
+    name: str
+    type: type  # float, int, bool or str (ISO 8601 times are str)
+    component: str | None = "sensor"  # None: carried in the state JSON, no entity of its own
+    device_class: str | None = None
+    unit: str | None = None
+    state_class: str | None = None
+    entity_category: str | None = None
+    icon: str | None = None
+    enabled_default: bool = True
+    precision: int | None = None
+
+
+STATE_KEYS: tuple[StateKey, ...] = (
+    # latitude/longitude/gps_accuracy feed the device_tracker (see LOCATION_KEYS), not entities.
+    StateKey(key="latitude", name="Latitude", type=float, component=None),
+    StateKey(key="longitude", name="Longitude", type=float, component=None),
+    StateKey(key="gps_accuracy", name="GPS accuracy", type=float, component=None),
+    StateKey(key="altitude", name="Altitude", type=float, device_class="distance", unit="m",
+             state_class="measurement", icon="mdi:elevation-rise", enabled_default=False),
+    StateKey(key="speed", name="Speed", type=float, device_class="speed", unit="km/h",
+             state_class="measurement"),
+    StateKey(key="heading", name="Heading", type=int, unit="°", state_class="measurement",
+             icon="mdi:compass-outline", enabled_default=False),
+    StateKey(key="gps_time", name="GPS time", type=str, device_class="timestamp",
+             entity_category=DIAGNOSTIC),
+    StateKey(key="last_seen", name="Last seen", type=str, device_class="timestamp",
+             entity_category=DIAGNOSTIC),
+    StateKey(key="online", name="Online", type=bool, component="binary_sensor",
+             device_class="connectivity", entity_category=DIAGNOSTIC),
+    StateKey(key="battery", name="Battery", type=int, device_class="battery", unit="%",
+             state_class="measurement"),
+    StateKey(key="voltage", name="External power", type=float, device_class="voltage", unit="V",
+             state_class="measurement"),
+    StateKey(key="ignition", name="Ignition", type=bool, component="binary_sensor",
+             device_class="power", icon="mdi:engine"),
+    StateKey(key="door_open", name="Door", type=bool, component="binary_sensor", device_class="door"),
+    StateKey(key="charging", name="Charging", type=bool, component="binary_sensor",
+             device_class="battery_charging"),
+    StateKey(key="fuel_cut", name="Fuel cut", type=bool, component="binary_sensor",
+             device_class="problem", icon="mdi:engine-off"),
+    StateKey(key="armed", name="Armed", type=bool, component="binary_sensor", icon="mdi:shield-car"),
+    StateKey(key="odometer", name="Odometer", type=float, device_class="distance", unit="km",
+             state_class="total_increasing", icon="mdi:counter", precision=1),
+    StateKey(key="trip_distance_today", name="Distance today", type=float, device_class="distance",
+             unit="km", state_class="total_increasing", icon="mdi:map-marker-distance", precision=1),
+    StateKey(key="data_used", name="Data used", type=int, device_class="data_size", unit="B",
+             state_class="total_increasing"),
+    StateKey(key="sms_used", name="SMS used", type=int, state_class="total_increasing",
+             icon="mdi:message-text"),
+    StateKey(key="signal", name="Signal", type=int, device_class="signal_strength", unit="dBm",
+             state_class="measurement", entity_category=DIAGNOSTIC),
+    StateKey(key="temperature", name="Temperature", type=float, device_class="temperature", unit="°C",
+             state_class="measurement"),
+    StateKey(key="fuel_level", name="Fuel level", type=float, unit="%", state_class="measurement",
+             icon="mdi:gas-station"),
+    StateKey(key="sim_state", name="SIM state", type=str, icon="mdi:sim", entity_category=DIAGNOSTIC),
+    StateKey(key="idle_time", name="Idle time", type=int, device_class="duration", unit="s",
+             state_class="measurement", entity_category=DIAGNOSTIC),
+    StateKey(key="expires_at", name="Service expiry", type=str, device_class="timestamp",
+             entity_category=DIAGNOSTIC, enabled_default=False),
+)
+
+STATE_KEY_BY_NAME: dict[str, StateKey] = {k.key: k for k in STATE_KEYS}
+
+#: Keys that make up a position; a device with latitude and longitude gets a device_tracker.
+LOCATION_KEYS = ("latitude", "longitude", "gps_accuracy")
+
+
+def coerce_state(state: dict[str, Any]) -> dict[str, Any]:
+    """Return ``state`` limited to canonical keys with values of the declared type.
+
+    ``None`` means "not reported" and is dropped; so is a value that cannot be converted.
+    """
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        desc = STATE_KEY_BY_NAME.get(key)
+        if desc is None or value is None:
+            continue
+        try:
+            if desc.type is bool:
+                if not isinstance(value, bool):
+                    continue
+                out[key] = value
+            elif desc.type is int:
+                out[key] = int(round(float(value)))
+            elif desc.type is float:
+                number = float(value)
+                if number != number or number in (float("inf"), float("-inf")):
+                    continue
+                out[key] = round(number, 6)
+            else:
+                out[key] = str(value)
+        except (TypeError, ValueError):
+            continue
+    return out

@@ -1,0 +1,248 @@
+"""The MQTT side: one connection, a bounded window of publishes in flight, reconnect with backoff.
+
+The link keeps the *desired* retained content of every topic it owns. Publishing is asynchronous:
+callers set what a topic should hold, the sender drains what changed. After a reconnect everything
+retained is sent again, so no change made while the broker was away is lost (only the latest value
+of a topic matters). Discovery topics are first compared with what the broker retains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiomqtt
+
+from .config import MqttConfig
+
+_LOGGER = logging.getLogger(__name__)
+
+WINDOW = 32  # publishes in flight (mqtt-facts.md: 20-50 keeps QoS 1 fast; never near 65,535)
+RECONCILE_QUIET = 0.5  # seconds without a retained discovery message that ends the comparison
+RECONCILE_MAX = 10.0
+BACKOFF = (1.0, 60.0)
+
+MessageHandler = Callable[[str, bytes], Awaitable[None] | None]
+
+
+def tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
+    if not cfg.tls:
+        return None
+    ctx = ssl.create_default_context(cafile=cfg.ca_file)
+    if cfg.certfile:
+        ctx.load_cert_chain(cfg.certfile, cfg.keyfile)
+    if cfg.tls_insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class MqttLink:
+    """Desired retained state, a transient queue, and the task that keeps the broker in step."""
+
+    def __init__(self, cfg: MqttConfig, *, will_topic: str, subscriptions: list[str],
+                 on_message: MessageHandler, on_connect: Callable[[], None] | None = None,
+                 discovery_filters: list[str] | None = None,
+                 owns_discovery: Callable[[str, bytes], bool] | None = None) -> None:
+        self.cfg = cfg
+        self.will_topic = will_topic
+        self.subscriptions = subscriptions
+        self.on_message = on_message
+        self.on_connect = on_connect
+        self.discovery_filters = discovery_filters or []
+        self.owns_discovery = owns_discovery
+        self.retained: dict[str, bytes] = {}
+        self._dirty: dict[str, None] = {}
+        self._transient: deque[tuple[str, bytes, int, Callable[[], None] | None]] = deque()
+        self._wake = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+        self.connected = asyncio.Event()
+        self.stats = {"published": 0, "connects": 0}
+        self._discovery_topics: set[str] = set()
+
+    # -- what callers use ---------------------------------------------------------------------
+    def set_retained(self, topic: str, payload: bytes | str, *, discovery: bool = False, force: bool = False) -> None:
+        """Make ``topic`` hold ``payload`` (retained). Empty payload clears the topic."""
+        data = payload.encode() if isinstance(payload, str) else payload
+        if discovery:
+            self._discovery_topics.add(topic)
+        if not force and self.retained.get(topic) == data:
+            return
+        self.retained[topic] = data
+        self._dirty[topic] = None
+        self._wake.set()
+
+    def clear(self, topic: str) -> None:
+        self.set_retained(topic, b"")
+
+    def publish(self, topic: str, payload: bytes | str, qos: int | None = None,
+                on_done: Callable[[], None] | None = None) -> None:
+        """Queue a non-retained message; ``on_done`` runs once the broker acknowledged it."""
+        data = payload.encode() if isinstance(payload, str) else payload
+        self._transient.append((topic, data, self.cfg.qos if qos is None else qos, on_done))
+        self._wake.set()
+
+    def republish(self, predicate: Callable[[str], bool]) -> None:
+        """Send again every retained topic matching ``predicate`` (after Home Assistant's birth)."""
+        for topic in self.retained:
+            if predicate(topic):
+                self._dirty[topic] = None
+        self._wake.set()
+
+    # -- the connection -------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Connect, reconnect with capped backoff and jitter, forever (until cancelled)."""
+        delay = BACKOFF[0]
+        while True:
+            try:
+                await self._session()
+                delay = BACKOFF[0]
+            except aiomqtt.MqttError as err:
+                if self.connected.is_set() or self.stats["connects"] == 0:
+                    _LOGGER.warning("MQTT broker %s:%s unavailable (%s); retrying", self.cfg.host, self.cfg.port, err)
+            finally:
+                self.connected.clear()
+                self._client = None
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, BACKOFF[1])
+
+    async def _session(self) -> None:
+        cfg = self.cfg
+        client = aiomqtt.Client(
+            cfg.host, cfg.port, username=cfg.username, password=cfg.password, identifier=cfg.client_id,
+            will=aiomqtt.Will(self.will_topic, b"offline", qos=1, retain=True), keepalive=cfg.keepalive,
+            tls_context=tls_context(cfg), max_inflight_messages=WINDOW, timeout=30,
+        )
+        client.pending_calls_threshold = WINDOW * 4
+        async with client:
+            self._client = client
+            self.stats["connects"] += 1
+            _LOGGER.info("Connected to MQTT broker %s:%s", cfg.host, cfg.port)
+            self.set_retained(self.will_topic, b"online", force=True)
+            await self._reconcile(client)
+            for topic in list(self.retained):
+                if topic not in self._discovery_topics:
+                    self._dirty[topic] = None
+            for sub in self.subscriptions:
+                await client.subscribe(sub, qos=1)
+            self.connected.set()
+            if self.on_connect:
+                self.on_connect()
+            sender = asyncio.create_task(self._sender(client))
+            try:
+                async for message in client.messages:
+                    try:
+                        result = self.on_message(str(message.topic), bytes(message.payload or b""))
+                        if asyncio.iscoroutine(result):
+                            await result
+                    except Exception:  # a bad message must never take the link down
+                        _LOGGER.exception("Error handling MQTT message on %s", message.topic)
+            finally:
+                sender.cancel()
+                await asyncio.gather(sender, return_exceptions=True)
+
+    async def _reconcile(self, client: aiomqtt.Client) -> None:
+        """Compare our discovery with what the broker retains: skip equal, clear stale ones."""
+        if not self.discovery_filters:
+            self._dirty.update(dict.fromkeys(t for t in self._discovery_topics))
+            return
+        seen: dict[str, bytes] = {}
+        for flt in self.discovery_filters:
+            await client.subscribe(flt, qos=1)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RECONCILE_MAX
+        messages = client.messages.__aiter__()
+        while loop.time() < deadline:
+            try:
+                message = await asyncio.wait_for(messages.__anext__(), RECONCILE_QUIET)
+            except asyncio.TimeoutError:
+                break
+            if message.retain:
+                seen[str(message.topic)] = bytes(message.payload or b"")
+        for flt in self.discovery_filters:
+            await client.unsubscribe(flt)
+        stale = 0
+        for topic, payload in seen.items():
+            if topic in self.retained:
+                continue
+            if payload and self.owns_discovery and self.owns_discovery(topic, payload):
+                self.retained[topic] = b""
+                self._discovery_topics.add(topic)
+                stale += 1
+        changed = 0
+        for topic in self._discovery_topics:
+            if seen.get(topic, b"") != self.retained.get(topic):
+                self._dirty[topic] = None
+                changed += 1
+            else:
+                self._dirty.pop(topic, None)
+        _LOGGER.info("Discovery: %d retained on the broker, %d to publish, %d stale to clear",
+                     len(seen), changed, stale)
+
+    async def _sender(self, client: aiomqtt.Client) -> None:
+        window = asyncio.Semaphore(WINDOW)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def send(topic: str, payload: bytes, qos: int, retain: bool, on_done) -> None:
+            try:
+                await client.publish(topic, payload, qos=qos, retain=retain)
+                self.stats["published"] += 1
+                if on_done:
+                    on_done()
+                if retain and not payload and self.retained.get(topic) == b"":
+                    # a cleared topic is forgotten once the broker has it
+                    del self.retained[topic]
+                    self._discovery_topics.discard(topic)
+            except aiomqtt.MqttError:
+                if retain:
+                    self._dirty[topic] = None
+                else:
+                    self._transient.appendleft((topic, payload, qos, on_done))
+                raise
+            finally:
+                window.release()
+
+        while True:
+            while not self._dirty and not self._transient:
+                self._wake.clear()
+                await self._wake.wait()
+            await window.acquire()
+            if self._transient:
+                topic, payload, qos, on_done = self._transient.popleft()
+                retain = False
+            elif self._dirty:
+                topic = next(iter(self._dirty))
+                del self._dirty[topic]
+                payload, qos, on_done, retain = self.retained.get(topic, b""), self.cfg.qos, None, True
+            else:
+                window.release()
+                continue
+            task = asyncio.create_task(send(topic, payload, qos, retain, on_done))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    async def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until nothing is left to send (or ``timeout``). True when drained."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while (self._dirty or self._transient) and loop.time() < end:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)
+        return not (self._dirty or self._transient)
+
+    async def publish_offline_and_close(self) -> None:
+        """Clean shutdown: publish ``offline`` on the will topic and disconnect."""
+        client = self._client
+        if client is None:
+            return
+        self.retained[self.will_topic] = b"offline"
+        try:
+            await self.flush(3.0)
+            await client.publish(self.will_topic, b"offline", qos=1, retain=True, timeout=3)
+        except (aiomqtt.MqttError, asyncio.TimeoutError):
+            pass

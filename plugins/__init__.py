@@ -1,0 +1,1 @@
+"""Built-in vendor plugins, each registered through the ``fleetbridge`` entry-point group."""

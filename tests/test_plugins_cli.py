@@ -1,0 +1,176 @@
+"""The plugin contract through a real installation (entry points), and the CLI as a user runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.e2e
+
+THIRD_PARTY = '''
+"""A third party's vendor plugin, installed through an entry point."""
+from fleetbridge import hookimpl
+from fleetbridge.platform import BASE_ACCOUNT_SCHEMA, DeviceInfo, Platform, ServiceResult
+import voluptuous as vol
+
+SEEN = []
+
+
+class AcmePlatform(Platform):
+    name = "acme"
+    title = "Acme Fleet Cloud"
+    CONFIG_SCHEMA = BASE_ACCOUNT_SCHEMA.extend({vol.Required("token"): str})
+    SECRET_KEYS = ("token",)
+    SERVICES = ("reboot",)
+
+    async def async_discover(self):
+        return [DeviceInfo(id=f"ACME-{n}", name=f"Acme truck {n}", model="T1",
+                           keys=frozenset({"latitude", "longitude", "battery", "online"}),
+                           services=("reboot",)) for n in (1, 2)]
+
+    async def async_poll(self, devices):
+        return {d.id: {"latitude": 48.1, "longitude": 11.5, "battery": 80 + i, "online": True}
+                for i, d in enumerate(devices)}
+
+    async def async_call(self, device, call):
+        await call.pending("queued")
+        return ServiceResult(status="success", detail=f"{device.id} rebooted")
+
+
+@hookimpl
+def fleetbridge_register_platforms(register):
+    register(AcmePlatform)
+
+
+@hookimpl
+def fleetbridge_state_changed(account, device, changed):
+    SEEN.append((account, device, sorted(changed)))
+'''
+
+
+def install_dist(site: Path, dist: str, module: str, source: str, entry: str) -> None:
+    """Lay out a package and its .dist-info exactly as pip would (importlib.metadata finds it)."""
+    pkg = site / module
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(source)
+    info = site / f"{dist}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[fleetbridge]\n{entry} = {module}\n")
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    site = tmp_path / "site"
+    site.mkdir()
+    install_dist(site, "acme_fleet", "acme_fleet", THIRD_PARTY, "acme")
+    install_dist(site, "broken_plugin", "broken_plugin", "raise ImportError('vendor SDK missing')\n", "broken")
+    return site
+
+
+def env_with(site: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
+    return env
+
+
+def fleetbridge(*args: str, site: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fleetbridge", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env_with(site) if site else None)
+
+
+def test_plugins_command_lists_builtin_and_third_party(site: Path) -> None:
+    out = fleetbridge("plugins", "--json", site=site)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert set(data["platforms"]) >= {"opengps", "acme"}
+    assert data["platforms"]["opengps"]["plugin"] == "opengps"  # built-in, through its entry point
+    assert data["platforms"]["opengps"]["services"]["engine_stop"].startswith("dangerous")
+    assert "vendor SDK missing" in data["unavailable"]["broken"]
+    assert len([line for line in out.stderr.splitlines() if "broken" in line]) == 1  # one clear log line
+
+
+async def test_third_party_plugin_devices_published_and_broken_one_isolated(
+        tmp_path: Path, site: Path, broker: Any, unique: str, recorder_factory: Any) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "mqtt": {"host": "127.0.0.1", "port": broker.port, "base_topic": f"tp{unique}",
+                 "discovery_prefix": f"hatp{unique}", "client_id": f"tp-{unique}"},
+        "accounts": [
+            {"platform": "acme", "name": "Acme", "token": "tok-SECRET-123", "scan_interval": 1},
+            {"platform": "broken", "name": "Broken", "whatever": 1},
+        ],
+    }))
+    rec = await recorder_factory(broker.port, [f"tp{unique}/#", f"hatp{unique}/#"])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fleetbridge", "--log-level", "debug", "run", "-c", str(config),
+        env=env_with(site), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        await rec.wait_for(lambda: f"tp{unique}/acme/acme-2/state" in rec.latest, timeout=20,
+                           what="third-party device state")
+        assert rec.json(f"tp{unique}/acme/acme-1/state") == {"battery": 80, "latitude": 48.1,
+                                                             "longitude": 11.5, "online": True}
+        cfg = rec.json(f"hatp{unique}/device/acme_acme-1/config")
+        assert cfg["dev"]["mf"] == "Acme Fleet Cloud" and "reboot" in cfg["cmps"]
+        await rec.wait_for(lambda: rec.json(f"tp{unique}/bridge/info")["accounts"]["broken"]["status"]
+                           == "disabled", what="broken account disabled")
+        await rec.publish(f"tp{unique}/acme/acme-1/reboot/set", "PRESS")
+        topic = f"tp{unique}/acme/acme-1/reboot/result"
+        await rec.wait_for(lambda: len(rec.on(topic)) >= 2, what="reboot results")
+        assert [r["status"] for r in rec.on(topic)] == ["pending", "success"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0, stderr.decode()[-2000:]
+    assert rec.latest[f"tp{unique}/bridge/state"] == b"offline"
+    logs = stderr.decode()
+    assert "tok-SECRET-123" not in logs
+    assert all("tok-SECRET-123" not in p.decode(errors="replace") for _, p, _ in rec.messages)
+
+
+@pytest.mark.parametrize(
+    "body, expect",
+    [
+        ("accounts:\n  - platform: opengps\n    name: Vans\n    base_url: http://x\n    account: a\n"
+         "    pasword: secret-typo\n", ["line 6", "pasword", "password"]),
+        ("accounts:\n  - platform: opengps\n    name: Vans\n    base_url: http://x\n    account: a\n",
+         ["line 2", "password"]),
+        ("accounts:\n  - platform: opengps\n    name: Vans\n    base_url: http://x\n    account: a\n"
+         "    password: pw-000\n    scan_interval: often\n", ["line 7", "scan_interval"]),
+        ("accounts:\n  - platform: opengps\n    name: [unclosed\n", ["line"]),
+        ("accounts:\n  - platform: opengsp\n    name: Vans\n", ["line 2", "opengps"]),
+    ],
+    ids=["typo", "missing-credential", "wrong-type", "malformed-yaml", "unknown-platform"],
+)
+def test_bad_config_exits_2_with_file_and_line(tmp_path: Path, body: str, expect: list[str]) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(body)
+    out = fleetbridge("check-config", "-c", str(config))
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert "bad.yaml" in out.stderr
+    for word in expect:
+        assert word in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    assert "secret-typo" not in out.stderr or "pasword" in out.stderr
+
+
+def test_example_config_is_valid() -> None:
+    out = fleetbridge("check-config", "-c", str(Path(__file__).parent.parent / "config.example.yaml"))
+    assert out.returncode == 0, out.stderr
+    assert "demo_trackers" in out.stdout
+
+
+def test_help_everywhere() -> None:
+    for command in ("run", "check-config", "plugins", "devices", "call", "history", "simulate"):
+        out = fleetbridge(command, "--help")
+        assert out.returncode == 0 and "usage:" in out.stdout, command
