@@ -102,8 +102,9 @@ class Account:
         self.platform_cls = platform_cls
         self.platform: Platform | None = None
         self.budget = RateBudget(platform_cls.RATE_LIMITS if platform_cls else {}, config.data.get("rate_limits"))
-        self.status = "disabled" if config.disabled_reason or not platform_cls else "starting"
-        self.detail = config.disabled_reason or ""
+        off = config.disabled_reason or (None if config.data.get("enabled", True) else "disabled in the config")
+        self.status = "disabled" if off or not platform_cls else "starting"
+        self.detail = off or ""
         self.warnings: dict[str, str] = {}
         self.devices: dict[str, Device] = {}
         self.by_vendor_id: dict[str, Device] = {}
@@ -354,6 +355,7 @@ class Account:
             return
         interval = self.config.data.get("event_interval") or self.platform_cls.DEFAULT_EVENT_INTERVAL
         await self.ready.wait()
+        await self.bridge.discovery_settled()
         attempt = 0
         while True:
             try:

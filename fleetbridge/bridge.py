@@ -28,6 +28,7 @@ _LOGGER = logging.getLogger(__name__)
 
 INFO_DEBOUNCE = 1.0
 BIRTH_DELAY = (1.0, 5.0)
+DISCOVERY_SETTLE = 2.0  # seconds Home Assistant gets to subscribe to new entities
 
 
 def _json(data: Any) -> bytes:
@@ -123,6 +124,13 @@ class Bridge:
                 self._info_task = asyncio.get_running_loop().create_task(later())
             except RuntimeError:
                 self._publish_info()
+
+    async def discovery_settled(self, timeout: float = 30.0) -> None:
+        """Wait until discovery is on the broker and Home Assistant had a moment to subscribe, so
+        that the first events find their entities."""
+        if self.mqtt_cfg.discovery:
+            await self.mqtt.flush(timeout, discovery_only=True)
+            await asyncio.sleep(DISCOVERY_SETTLE)
 
     def _publish_devices_list(self) -> None:
         rows = []

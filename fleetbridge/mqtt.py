@@ -57,6 +57,7 @@ class MqttLink:
         self.discovery_filters = discovery_filters or []
         self.owns_discovery = owns_discovery
         self.retained: dict[str, bytes] = {}
+        self._dirty_discovery: dict[str, None] = {}  # sent first: entities exist before their messages
         self._dirty: dict[str, None] = {}
         self._transient: deque[tuple[str, bytes, int, Callable[[], None] | None]] = deque()
         self._wake = asyncio.Event()
@@ -74,7 +75,10 @@ class MqttLink:
         if not force and self.retained.get(topic) == data:
             return
         self.retained[topic] = data
-        self._dirty[topic] = None
+        self._mark(topic)
+
+    def _mark(self, topic: str) -> None:
+        (self._dirty_discovery if topic in self._discovery_topics else self._dirty)[topic] = None
         self._wake.set()
 
     def clear(self, topic: str) -> None:
@@ -91,7 +95,7 @@ class MqttLink:
         """Send again every retained topic matching ``predicate`` (after Home Assistant's birth)."""
         for topic in self.retained:
             if predicate(topic):
-                self._dirty[topic] = None
+                self._mark(topic)
         self._wake.set()
 
     # -- the connection -------------------------------------------------------------------------
@@ -149,7 +153,7 @@ class MqttLink:
     async def _reconcile(self, client: aiomqtt.Client) -> None:
         """Compare our discovery with what the broker retains: skip equal, clear stale ones."""
         if not self.discovery_filters:
-            self._dirty.update(dict.fromkeys(t for t in self._discovery_topics))
+            self._dirty_discovery.update(dict.fromkeys(self._discovery_topics))
             return
         seen: dict[str, bytes] = {}
         for flt in self.discovery_filters:
@@ -177,10 +181,10 @@ class MqttLink:
         changed = 0
         for topic in self._discovery_topics:
             if seen.get(topic, b"") != self.retained.get(topic):
-                self._dirty[topic] = None
+                self._dirty_discovery[topic] = None
                 changed += 1
             else:
-                self._dirty.pop(topic, None)
+                self._dirty_discovery.pop(topic, None)
         _LOGGER.info("Discovery: %d retained on the broker, %d to publish, %d stale to clear",
                      len(seen), changed, stale)
 
@@ -200,7 +204,7 @@ class MqttLink:
                     self._discovery_topics.discard(topic)
             except aiomqtt.MqttError:
                 if retain:
-                    self._dirty[topic] = None
+                    self._mark(topic)
                 else:
                     self._transient.appendleft((topic, payload, qos, on_done))
                 raise
@@ -208,17 +212,18 @@ class MqttLink:
                 window.release()
 
         while True:
-            while not self._dirty and not self._transient:
+            while not self.pending:
                 self._wake.clear()
                 await self._wake.wait()
             await window.acquire()
-            if self._transient:
+            dirty = self._dirty_discovery or (None if self._transient else self._dirty)
+            if dirty:
+                topic = next(iter(dirty))
+                del dirty[topic]
+                payload, qos, on_done, retain = self.retained.get(topic, b""), self.cfg.qos, None, True
+            elif self._transient:
                 topic, payload, qos, on_done = self._transient.popleft()
                 retain = False
-            elif self._dirty:
-                topic = next(iter(self._dirty))
-                del self._dirty[topic]
-                payload, qos, on_done, retain = self.retained.get(topic, b""), self.cfg.qos, None, True
             else:
                 window.release()
                 continue
@@ -226,14 +231,23 @@ class MqttLink:
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
-    async def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until nothing is left to send (or ``timeout``). True when drained."""
+    @property
+    def pending(self) -> int:
+        """Messages waiting to be sent."""
+        return len(self._dirty_discovery) + len(self._dirty) + len(self._transient)
+
+    async def flush(self, timeout: float = 5.0, *, discovery_only: bool = False) -> bool:
+        """Wait until nothing (or no discovery) is left to send, or ``timeout``. True when drained."""
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
-        while (self._dirty or self._transient) and loop.time() < end:
+
+        def busy() -> bool:
+            return bool(self._dirty_discovery) if discovery_only else bool(self.pending)
+
+        while (busy() or not self.connected.is_set()) and loop.time() < end:
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.05)
-        return not (self._dirty or self._transient)
+        return not busy()
 
     async def publish_offline_and_close(self) -> None:
         """Clean shutdown: publish ``offline`` on the will topic and disconnect."""

@@ -19,14 +19,17 @@ from .errors import Rejected
 MAX_PAYLOAD = 4096
 
 
-def _finite(value: Any) -> float:
-    number = float(value)
+def Number(value: Any) -> float:
+    """Voluptuous validator: a finite number (numeric strings accepted)."""
+    if isinstance(value, bool):
+        raise vol.Invalid("expected a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise vol.Invalid(f"expected a number, got {str(value)[:20]!r}") from None
     if not math.isfinite(number):
-        raise vol.Invalid("not a finite number")
+        raise vol.Invalid("expected a finite number")
     return number
-
-
-Number = vol.All(vol.Coerce(_finite))
 Text = vol.All(str, vol.Strip, vol.Length(min=1, max=1000))
 
 
