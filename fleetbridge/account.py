@@ -79,6 +79,9 @@ class AccountContextImpl:
     async def kv_set(self, key: str, value: Any) -> None:
         self._account.bridge.store.kv_set(self.account_id, key, value)
 
+    def resolve_call(self, vendor_ref: str, status: str, detail: str = "") -> bool:
+        return self._account.resolve_call(vendor_ref, status, detail)
+
 
 def _session(config: dict[str, Any]) -> aiohttp.ClientSession:
     if config.get("verify_tls", True):
@@ -418,10 +421,25 @@ class Account:
                 _LOGGER.exception("%s/%s: %s failed unexpectedly", self.id, dev.slug, service)
                 result = ServiceResult(status="failed", detail=f"internal error: {type(err).__name__}")
         detail = redact.redact(result.detail)
+        if result.status == "pending":  # the platform finishes it later (resolve_call)
+            store.journal_update(entry, "pending", detail)
+            self.bridge.service_result(self, dev, service, "pending", detail)
+            return ServiceResult(status="pending", detail=detail)
         store.journal_update(entry, result.status, detail)
         self.bridge.service_result(self, dev, service, result.status, detail)
         _LOGGER.info("%s/%s: %s %s %s", self.id, dev.slug, service, result.status, detail)
         return ServiceResult(status=result.status, detail=detail)
+
+    def resolve_call(self, vendor_ref: str, status: str, detail: str = "") -> bool:
+        """Finish open journal entries carrying ``vendor_ref`` and publish their result."""
+        entries = self.bridge.store.journal_by_ref(self.id, vendor_ref)
+        detail = redact.redact(detail)
+        for row in entries:
+            self.bridge.store.journal_update(row["id"], status, detail)
+            dev = self.devices.get(row["device"])
+            if dev is not None:
+                self.bridge.service_result(self, dev, row["service"], status, detail)
+        return bool(entries)
 
     async def _resume_pending(self) -> None:
         """Resolve calls a previous run left open (journaled, not finished)."""
@@ -441,6 +459,8 @@ class Account:
                 result = await self.platform.async_follow(dev.info, row["service"], row["vendor_ref"])
             except VendorError as err:
                 result = ServiceResult(status="failed", detail=str(err))
+            if result.status == "pending":
+                continue
             detail = redact.redact(f"after restart: {result.detail}")
             store.journal_update(row["id"], result.status, detail)
             self.bridge.service_result(self, dev, row["service"], result.status, detail)

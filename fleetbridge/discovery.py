@@ -75,6 +75,11 @@ def _state_components(node: str, state_topic: str, keys: frozenset[str]) -> dict
         if not desc.enabled_default:
             comp["en"] = False
         comps[desc.key] = comp
+    if "attributes" in keys:
+        holder = comps.get("online") or comps.get("sim_state") or comps.get("line_status")
+        if holder is not None:
+            holder["json_attr_t"] = state_topic
+            holder["json_attr_tpl"] = "{{ value_json.get('attributes', {}) | tojson }}"
     return comps
 
 

@@ -77,6 +77,51 @@ STATE_KEYS: tuple[StateKey, ...] = (
              state_class="measurement", entity_category=DIAGNOSTIC),
     StateKey(key="expires_at", name="Service expiry", type=str, device_class="timestamp",
              entity_category=DIAGNOSTIC, enabled_default=False),
+    # cellular data and SIMs
+    StateKey(key="data_used_today", name="Data used today", type=int, device_class="data_size", unit="B",
+             state_class="total_increasing"),
+    StateKey(key="data_used_month", name="Data used this month", type=int, device_class="data_size", unit="B",
+             state_class="total_increasing"),
+    StateKey(key="data_allowance_used", name="Data allowance used", type=float, unit="%",
+             state_class="measurement", icon="mdi:chart-donut"),
+    StateKey(key="data_sent", name="Data sent", type=int, device_class="data_size", unit="B",
+             state_class="total_increasing", entity_category=DIAGNOSTIC),
+    StateKey(key="data_received", name="Data received", type=int, device_class="data_size", unit="B",
+             state_class="total_increasing", entity_category=DIAGNOSTIC),
+    StateKey(key="ip_address", name="IP address", type=str, icon="mdi:ip-network", entity_category=DIAGNOSTIC),
+    StateKey(key="imei", name="IMEI", type=str, icon="mdi:identifier", entity_category=DIAGNOSTIC,
+             enabled_default=False),
+    StateKey(key="iccid", name="ICCID", type=str, icon="mdi:sim", entity_category=DIAGNOSTIC,
+             enabled_default=False),
+    StateKey(key="msisdn", name="MSISDN", type=str, icon="mdi:phone", entity_category=DIAGNOSTIC,
+             enabled_default=False),
+    StateKey(key="mdn", name="MDN", type=str, icon="mdi:phone", entity_category=DIAGNOSTIC, enabled_default=False),
+    # radio and gateway health
+    StateKey(key="rsrp", name="RSRP", type=int, device_class="signal_strength", unit="dBm",
+             state_class="measurement", entity_category=DIAGNOSTIC, enabled_default=False),
+    StateKey(key="rsrq", name="RSRQ", type=int, unit="dB", state_class="measurement", icon="mdi:signal",
+             entity_category=DIAGNOSTIC, enabled_default=False),
+    StateKey(key="sinr", name="SINR", type=float, unit="dB", state_class="measurement", icon="mdi:signal",
+             entity_category=DIAGNOSTIC, enabled_default=False),
+    StateKey(key="network_operator", name="Network operator", type=str, icon="mdi:radio-tower",
+             entity_category=DIAGNOSTIC),
+    StateKey(key="network_type", name="Network type", type=str, icon="mdi:signal-4g", entity_category=DIAGNOSTIC),
+    StateKey(key="reset_count", name="Resets", type=int, state_class="total_increasing", icon="mdi:restart",
+             entity_category=DIAGNOSTIC, enabled_default=False),
+    StateKey(key="cpu_temperature", name="CPU temperature", type=float, device_class="temperature", unit="°C",
+             state_class="measurement", entity_category=DIAGNOSTIC),
+    StateKey(key="comm_status", name="Communication status", type=str, icon="mdi:lan-connect",
+             entity_category=DIAGNOSTIC),
+    StateKey(key="lifecycle_state", name="Lifecycle state", type=str, icon="mdi:state-machine",
+             entity_category=DIAGNOSTIC),
+    # mobile lines and assets
+    StateKey(key="line_status", name="Line status", type=str, icon="mdi:phone-check"),
+    StateKey(key="plan", name="Plan", type=str, icon="mdi:file-document-outline", entity_category=DIAGNOSTIC),
+    StateKey(key="carrier", name="Carrier", type=str, icon="mdi:radio-tower", entity_category=DIAGNOSTIC),
+    StateKey(key="assigned_to", name="Assigned to", type=str, icon="mdi:account"),
+    StateKey(key="open_orders", name="Open orders", type=int, state_class="measurement", icon="mdi:cart"),
+    # free-form extras (notes, cost centre, labels): JSON attributes of the `online` entity
+    StateKey(key="attributes", name="Attributes", type=dict, component=None),
 )
 
 STATE_KEY_BY_NAME: dict[str, StateKey] = {k.key: k for k in STATE_KEYS}
@@ -102,6 +147,10 @@ def coerce_state(state: dict[str, Any]) -> dict[str, Any]:
                 out[key] = value
             elif desc.type is int:
                 out[key] = int(round(float(value)))
+            elif desc.type is dict:
+                if not isinstance(value, dict):
+                    continue
+                out[key] = {str(k): v for k, v in value.items() if isinstance(v, (str, int, float, bool, list))}
             elif desc.type is float:
                 number = float(value)
                 if number != number or number in (float("inf"), float("-inf")):

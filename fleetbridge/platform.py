@@ -111,7 +111,7 @@ class Event:
 class ServiceResult:
     """The final outcome of a service call."""
 
-    status: str  # success, failed, timeout
+    status: str  # success, failed, timeout; or pending: finished later through ctx.resolve_call
     detail: str = ""
 
 
@@ -152,6 +152,10 @@ class AccountContext(Protocol):
 
     async def kv_set(self, key: str, value: Any) -> None:
         """Store a value durably (committed before this returns)."""
+
+    def resolve_call(self, vendor_ref: str, status: str, detail: str = "") -> bool:
+        """Finish a call that :meth:`Platform.async_call` left ``pending`` (a carrier order, a SIM
+        state change confirmed by a later poll). Publishes the result; False if no call is open."""
 
 
 class Platform:
@@ -209,7 +213,8 @@ class Platform:
         raise NotImplementedError
 
     async def async_follow(self, device: DeviceInfo, service: str, vendor_ref: str) -> ServiceResult:
-        """Resolve a command left pending by a previous run (after a restart)."""
+        """Resolve a command left pending by a previous run (after a restart). Return ``pending``
+        to keep following it (then finish it with ``ctx.resolve_call``)."""
         return ServiceResult(status="timeout", detail="the bridge restarted before the device answered")
 
     def info(self) -> dict[str, Any]:

@@ -137,6 +137,13 @@ class Store:
             "ORDER BY id", (account, *OPEN_STATUSES))
         return [{"id": i, "device": d, "service": s, "vendor_ref": v, "status": st} for i, d, s, v, st in rows]
 
+    def journal_by_ref(self, account: str, vendor_ref: str) -> list[dict[str, Any]]:
+        """Open entries of ``account`` carrying the vendor's command/order id."""
+        rows = self.db.execute(
+            "SELECT id, device, service FROM journal WHERE account=? AND vendor_ref=? AND status IN (?, ?)",
+            (account, vendor_ref, *OPEN_STATUSES))
+        return [{"id": i, "device": d, "service": s} for i, d, s in rows]
+
     def journal(self, limit: int = 50) -> list[dict[str, Any]]:
         cols = ("id", "account", "device", "service", "params", "source", "status", "detail", "vendor_ref",
                 "requested_at", "updated_at")

@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -17,6 +16,8 @@ import pytest
 from aioresponses import CallbackResult, aioresponses
 
 from fleetbridge_plugins.opengps.api import OpenGpsClient
+
+from ..compat import MockResponse
 from fleetbridge_plugins.opengps.platform import OpenGpsPlatform
 
 BASE = "https://gps.example.test"
@@ -126,20 +127,12 @@ class FakeVendor:
         return callback
 
 
-class _MockResponse(aiohttp.ClientResponse):
-    """aioresponses 0.7.9 builds responses without aiohttp 3.14's ``stream_writer`` argument."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("stream_writer", SimpleNamespace(output_size=0))
-        super().__init__(*args, **kwargs)
-
-
 def _result(reply: dict[str, Any] | Reply) -> CallbackResult:
     if isinstance(reply, Reply):
         return CallbackResult(status=reply.status, body=reply.body, headers=reply.headers,
-                              content_type=reply.content_type, response_class=_MockResponse)
+                              content_type=reply.content_type, response_class=MockResponse)
     return CallbackResult(status=200, body=json.dumps(reply), content_type="application/json",
-                          response_class=_MockResponse)
+                          response_class=MockResponse)
 
 
 def http_date(ts: float) -> str:
