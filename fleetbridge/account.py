@@ -474,7 +474,8 @@ def _info_dict(info: DeviceInfo) -> dict[str, Any]:
     return {
         "id": info.id, "name": info.name, "keys": sorted(info.keys), "services": list(info.services),
         "model": info.model, "manufacturer": info.manufacturer, "sw_version": info.sw_version,
-        "hw_version": info.hw_version, "serial_number": info.serial_number, "identifiers": info.identifiers,
+        "hw_version": info.hw_version, "serial_number": info.serial_number,
+        "suggested_area": info.suggested_area, "identifiers": info.identifiers,
         "attributes": info.attributes, "has_events": info.has_events,
     }
 

@@ -181,6 +181,7 @@ class Bridge:
             "name": info.name, "manufacturer": info.manufacturer or acc.platform_cls.manufacturer
             or acc.platform_cls.title, "model": info.model, "sw_version": info.sw_version,
             "hw_version": info.hw_version, "serial_number": info.serial_number,
+            "suggested_area": info.suggested_area,
         }, self.bridge_id)
         return discovery.build_configs(self.mqtt_cfg.discovery_mode, self.topics, node, block, comps,
                                        [self.topics.bridge("state"), self.topics.device(acc.id, dev.slug,

@@ -108,9 +108,17 @@ def _control_components(services: tuple[str, ...], command, state_topic: str) ->
         comps[name] = comp
     for control in CONTROLS:
         if any(svc in services for svc in control.commands.values()):
-            comp = {"p": control.component, "name": control.name, "cmd_t": command(control.key), "opt": True}
+            comp = {"p": control.component, "name": control.name, "cmd_t": command(control.key)}
+            if control.state_template:
+                comp.update({"stat_t": state_topic, "val_tpl": control.state_template})
+            else:
+                comp["opt"] = True
             if control.component == "lock":
                 comp.update({"pl_lock": "LOCK", "pl_unlk": "UNLOCK"})
+            elif control.component == "switch":
+                comp.update({"pl_on": "ON", "pl_off": "OFF"})
+            if control.entity_category:
+                comp["ent_cat"] = control.entity_category
             if control.icon:
                 comp["ic"] = control.icon
             comps[control.key] = comp
@@ -184,7 +192,7 @@ def bridge_components(topics: Topics, bridge_id: str, accounts: list[str]) -> di
 def device_block(node_id: str, info: dict[str, Any], via: str | None) -> dict[str, Any]:
     block: dict[str, Any] = {"ids": [node_id], "name": info.get("name") or node_id}
     for field, abbr in (("manufacturer", "mf"), ("model", "mdl"), ("sw_version", "sw"), ("hw_version", "hw"),
-                        ("serial_number", "sn")):
+                        ("serial_number", "sn"), ("suggested_area", "sa")):
         if info.get(field):
             block[abbr] = str(info[field])
     if via:

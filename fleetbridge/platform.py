@@ -91,6 +91,7 @@ class DeviceInfo:
     sw_version: str | None = None
     hw_version: str | None = None
     serial_number: str | None = None
+    suggested_area: str | None = None  # Home Assistant area (e.g. the vendor's group name)
     identifiers: dict[str, str] = field(default_factory=dict)  # imei, iccid, msisdn, plate...
     attributes: dict[str, Any] = field(default_factory=dict)  # static extras, JSON-serialisable
     has_events: bool = False

@@ -108,11 +108,19 @@ class ControlDescription:
     component: str
     commands: dict[str, str]  # payload -> service
     icon: str | None = None
+    state_template: str | None = None  # over the state JSON; None: optimistic control
+    entity_category: str | None = None
 
 
 CONTROLS: tuple[ControlDescription, ...] = (
     ControlDescription(key="door_lock", name="Door lock", component="lock", icon="mdi:car-door-lock",
                        commands={"LOCK": "lock_doors", "UNLOCK": "unlock_doors"}),
+    ControlDescription(
+        key="sim", name="SIM active", component="switch", icon="mdi:sim",
+        commands={"ON": "sim_restore", "OFF": "sim_suspend"},
+        state_template="{% set s = value_json.get('sim_state') %}"
+                       "{{ none if s is none else ('ON' if s == 'active' else 'OFF') }}",
+    ),
 )
 
 CONTROL_BY_KEY: dict[str, ControlDescription] = {c.key: c for c in CONTROLS}
