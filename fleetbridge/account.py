@@ -113,6 +113,7 @@ class Account:
         self.by_vendor_id: dict[str, Device] = {}
         self.last_poll: float | None = None
         self.failures = 0
+        self._published_available = True
         self.requests: dict[str, int] = {}
         self.errors: dict[str, int] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -126,18 +127,18 @@ class Account:
         return self.status in ("ok", "starting") or self.failures < self.config.data["offline_grace"]
 
     def _set_status(self, status: str, detail: str = "") -> None:
+        """Record the account's health; log only changes; move device availability with it."""
         detail = redact.redact(detail)
-        if (status, detail) == (self.status, self.detail):
-            return
-        was_available = self.available
-        if status == "ok" and self.status not in ("ok", "starting"):
-            _LOGGER.info("%s: recovered", self.id)
-        elif status != "ok":
-            _LOGGER.warning("%s: %s (%s)", self.id, status, detail)
-        self.status, self.detail = status, detail
-        if was_available != self.available:
+        if (status, detail) != (self.status, self.detail):
+            if status == "ok" and self.status not in ("ok", "starting"):
+                _LOGGER.info("%s: recovered", self.id)
+            elif status != "ok":
+                _LOGGER.warning("%s: %s (%s)", self.id, status, detail)
+            self.status, self.detail = status, detail
+            self.bridge.info_changed()
+        if self.available != self._published_available:
+            self._published_available = self.available
             self.bridge.availability_changed(self)
-        self.bridge.info_changed()
 
     def info(self) -> dict[str, Any]:
         extra: dict[str, Any] = {}

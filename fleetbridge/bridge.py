@@ -274,6 +274,9 @@ class Bridge:
             acc, dev, name, params = self.validate_command(account, device, service, payload)
         except Rejected as err:
             _LOGGER.info("%s/%s: %s rejected: %s", account, device, service, err)
+            preview = redact.redact(payload[:200].decode("utf-8", "replace"))
+            entry = self.store.journal_open(account, device, service, {"payload": preview}, source)
+            self.store.journal_update(entry, "rejected", redact.redact(str(err)))
             self._result(account, device, service, "rejected", str(err))
             return
         self._spawn(acc.call(dev, name, params, source))
@@ -300,4 +303,7 @@ class Bridge:
             raise Rejected(f"service '{service}' is not supported by this device")
         if service not in dev.services:
             raise Rejected(f"service '{service}' is disabled; enable it under services: in the account's config")
-        return acc, dev, service, parse_payload(desc, payload)
+        params = parse_payload(desc, payload)
+        if desc.confirm and params.get("confirm") not in (dev.slug, dev.info.id, dev.info.name):
+            raise Rejected(f"{service} is irreversible: repeat the device's name or id as the payload to confirm")
+        return acc, dev, service, params

@@ -46,6 +46,7 @@ class ServiceDescription:
     icon: str | None = None
     entity_category: str | None = None
     number_range: tuple[float, float, float] | None = None  # min, max, step for number controls
+    confirm: bool = False  # irreversible: the payload must repeat the device's name or id
 
 
 SERVICES: tuple[ServiceDescription, ...] = (
@@ -74,7 +75,8 @@ SERVICES: tuple[ServiceDescription, ...] = (
         params=vol.Schema({vol.Required("limit_mb"): vol.All(Number, vol.Range(min=0))}),
     ),
     ServiceDescription(name="remove_usage_limit", title="Remove usage limit", component=None),
-    ServiceDescription(name="terminate", title="Terminate line", component=None, dangerous=True),
+    ServiceDescription(name="terminate", title="Terminate line", component=None, dangerous=True,
+                       text_param="confirm", params=vol.Schema({vol.Required("confirm"): Text}), confirm=True),
     ServiceDescription(
         name="set_note", title="Note", component="text", text_param="note",
         params=vol.Schema({vol.Required("note"): vol.All(str, vol.Length(max=1000))}),

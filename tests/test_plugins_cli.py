@@ -174,3 +174,104 @@ def test_help_everywhere() -> None:
     for command in ("run", "check-config", "plugins", "devices", "call", "history", "simulate"):
         out = fleetbridge(command, "--help")
         assert out.returncode == 0 and "usage:" in out.stdout, command
+
+
+SIM_CONFIG = """
+storage: {storage}
+accounts:
+  - platform: opengps
+    name: Vans
+    simulator: {{devices: 3, seed: 3}}
+    account: demo
+    password: demo-password
+    rate_limits: {{auth: 0, track: 0, playback: 0}}
+"""
+ANSWERING = "351732065615943"  # answers commands in the seed-3 simulator fleet
+
+
+def test_call_devices_and_history_commands(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(SIM_CONFIG.format(storage=tmp_path / "fb.db"))
+    out = fleetbridge("call", "-c", str(config), "vans", ANSWERING, "reboot")
+    assert out.returncode == 0, out.stderr
+    results = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["status"] for r in results] == ["pending", "success"]
+    rejected = fleetbridge("call", "-c", str(config), "vans", ANSWERING, "engine_stop")
+    assert rejected.returncode == 1 and json.loads(rejected.stdout)["status"] == "rejected"
+
+    table = fleetbridge("devices", "-c", str(config))
+    assert table.returncode == 0 and ANSWERING in table.stdout and "latitude=" in table.stdout
+
+    track = fleetbridge("history", "-c", str(config), "vans", ANSWERING, "--since", "3h", "--until", "1h",
+                        "--format", "geojson", "--distance")
+    assert track.returncode == 0, track.stderr
+    feature = json.loads(track.stdout)
+    coords = feature["geometry"]["coordinates"]
+    assert len(coords) > 100 and all(50 < lat < 55 for _, lat in coords)
+    assert "distance:" in track.stderr
+    csv = fleetbridge("history", "-c", str(config), "vans", ANSWERING, "--since", "2h", "--format", "csv")
+    assert csv.stdout.splitlines()[0].startswith("time,latitude,longitude")
+
+
+async def test_simulate_command_serves_the_vendor_api() -> None:
+    import hashlib
+    import socket
+    import time
+
+    import aiohttp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fleetbridge", "simulate", "opengps", "--devices", "7", "--port", str(port),
+        "--credential", "account=alice", "--credential", "password=pw-alice-1", stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 20)
+        assert b"simulator" in line
+        t = int(time.time())
+        sig = hashlib.md5((hashlib.md5(b"pw-alice-1").hexdigest() + str(t)).encode()).hexdigest()
+        async with aiohttp.ClientSession() as session:
+            for _ in range(50):
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/api/authorization",
+                                           params={"time": t, "account": "alice", "signature": sig}) as resp:
+                        token = (await resp.json(content_type=None))["record"]["access_token"]
+                    break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.1)
+            async with session.get(f"http://127.0.0.1:{port}/api/device/list",
+                                   params={"access_token": token}) as resp:
+                assert len((await resp.json(content_type=None))["record"]) == 7
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+async def test_readme_one_command_runs_the_example(tmp_path: Path, recorder_factory: Any) -> None:
+    """The README's `fleetbridge run -c config.example.yaml`: embedded mosquitto, bundled simulator."""
+    import re
+    import shutil
+
+    shutil.copy(Path(__file__).parent.parent / "config.example.yaml", tmp_path / "config.yaml")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fleetbridge", "run", "-c", str(tmp_path / "config.yaml"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    log = b""
+    try:
+        while b"Embedded MQTT broker" not in log:
+            line = await asyncio.wait_for(proc.stderr.readline(), 60)
+            assert line, f"the bridge exited: {log.decode(errors='replace')}"
+            log += line
+        port = int(re.search(rb"127\.0\.0\.1:(\d+)", log.splitlines()[-1]).group(1))
+        rec = await recorder_factory(port, ["fleetbridge/#", "homeassistant/#"])
+        await rec.wait_for(lambda: len([t for t in rec.latest if t.endswith("/state")
+                                        and t.startswith("fleetbridge/demo_trackers/")]) >= 9, timeout=30,
+                           what="the demo fleet's states")
+        assert len([t for t in rec.latest if t.startswith("homeassistant/device/demo_trackers_")]) == 10
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0
+    assert (tmp_path / "fleetbridge.db").exists()
