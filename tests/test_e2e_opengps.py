@@ -250,3 +250,54 @@ async def test_clean_stop_publishes_offline(tmp_path: Path, broker: Any, sim: An
     await rec.wait_for(lambda: rec.latest.get(f"fb{unique}/bridge/state") == b"online", what="online")
     await rb.stop()
     await rec.wait_for(lambda: rec.latest.get(f"fb{unique}/bridge/state") == b"offline", what="offline")
+
+
+async def sim_server(**options: Any) -> tuple[Any, TestServer]:
+    app = create_app(accounts={"fleet": PASSWORD}, devices=12, seed=7, tick=0, command_delay=(0.2, 0.4), **options)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    app["sim"].url = str(server.make_url("")).rstrip("/")
+    return app["sim"], server
+
+
+async def test_subaccounts_and_clock_skew(tmp_path: Path, broker: Any, unique: str, bridge_runner: Any,
+                                          recorder_factory: Any) -> None:
+    """A distributor account's sub-accounts are walked; a server clock 15 minutes ahead (10014) is
+    corrected from the Date header."""
+    sim, server = await sim_server(subaccounts=True, clock_offset=900)
+    try:
+        rec = await recorder_factory(broker.port, [f"fb{unique}/bridge/#"])
+        await bridge_runner(config_for(tmp_path, broker, sim, unique, account={"include_subaccounts": True}))
+        await rec.wait_for(lambda: f"fb{unique}/bridge/devices" in rec.latest
+                           and len(rec.json(f"fb{unique}/bridge/devices")) == len(sim.devices), timeout=20,
+                           what="every device of the account tree")
+        owners = {d.account for d in sim.devices.values()}
+        assert len(owners) > 1  # the fleet really is spread over sub-accounts
+        info = rec.json(f"fb{unique}/bridge/info")["accounts"]["vans"]
+        assert info["status"] == "ok"
+        assert abs(info["platform_info"]["clock_offset_s"] - 900) < 5
+    finally:
+        await server.close()
+
+
+async def test_geofence_created_over_mqtt_raises_alarms(running: Any, sim: Any) -> None:
+    rec, _, base = running
+    moving = [i for i, d in sim.devices.items() if d.datastatus == 2 and d.speed >= 40]
+    if not moving:
+        pytest.fail("the seed-7 fleet should have a moving vehicle")
+    imei = moving[0]
+    dev = sim.devices[imei]
+    payload = {"name": "depot", "latitude": dev.latitude, "longitude": dev.longitude, "radius": 100,
+               "alarm": "out"}
+    await rec.publish(f"{base}/{imei}/create_geofence/set", json.dumps(payload))
+    topic = f"{base}/{imei}/create_geofence/result"
+    await rec.wait_for(lambda: rec.on(topic) and rec.on(topic)[-1]["status"] == "success", what="geofence created")
+    assert dev.fences and dev.fences[0].radius == 100
+    sim.step(10.0)  # at 40+ km/h the vehicle leaves the 100 m circle: an exit alarm
+    event_topic = f"{base}/{imei}/event"
+    await rec.wait_for(lambda: any(e["event_type"] == "geofenceExit" for e in rec.on(event_topic)), timeout=25,
+                       what="geofenceExit event")
+    event = next(e for e in rec.on(event_topic) if e["event_type"] == "geofenceExit")
+    assert event["vendor_code"] == 6 and event["geofence_id"] == str(dev.fences[0].id)
+    await rec.publish(f"{base}/{imei}/create_geofence/set", json.dumps({**payload, "radius": 99}))
+    await rec.wait_for(lambda: rec.on(topic)[-1]["status"] == "rejected", what="radius below 100 rejected")

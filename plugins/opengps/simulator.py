@@ -776,7 +776,11 @@ class Simulator:
         d.alarms.append((ti, kind, d.longitude, d.latitude, ti - d._lag, d.speed, d.course, fenceid))
 
     def alarm_records(self, imeis: Iterable[str], begin: int, end: int, limit: int = 100) -> list[tuple]:
-        """Alarms (systemtime, type, lon, lat, gpstime, speed, course, fenceid) with begin <= systemtime <= end."""
+        """Alarms (systemtime, type, lon, lat, gpstime, speed, course, fenceid) with begin <= systemtime <= end.
+
+        Nothing later than the world time is reported: an alarm the world has not reached yet does not exist.
+        """
+        end = min(end, int(self.t))
         streams = []
         for imei in imeis:
             d = self.devices[imei]
