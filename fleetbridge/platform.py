@@ -65,7 +65,7 @@ BASE_ACCOUNT_SCHEMA = vol.Schema(
         vol.Optional("id"): slug,
         vol.Optional("scan_interval"): vol.All(vol.Coerce(float), vol.Range(min=1)),
         vol.Optional("event_interval"): vol.All(vol.Coerce(float), vol.Range(min=1)),
-        vol.Optional("discovery_interval", default=3600): vol.All(vol.Coerce(float), vol.Range(min=60)),
+        vol.Optional("discovery_interval", default=3600): vol.All(vol.Coerce(float), vol.Range(min=5)),
         vol.Optional("offline_grace", default=3): vol.All(vol.Coerce(int), vol.Range(min=1)),
         vol.Optional("timeout", default=30): vol.All(vol.Coerce(float), vol.Range(min=1, max=600)),
         vol.Optional("verify_tls", default=True): bool,

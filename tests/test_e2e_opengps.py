@@ -301,3 +301,20 @@ async def test_geofence_created_over_mqtt_raises_alarms(running: Any, sim: Any) 
     assert event["vendor_code"] == 6 and event["geofence_id"] == str(dev.fences[0].id)
     await rec.publish(f"{base}/{imei}/create_geofence/set", json.dumps({**payload, "radius": 99}))
     await rec.wait_for(lambda: rec.on(topic)[-1]["status"] == "rejected", what="radius below 100 rejected")
+
+
+async def test_devices_appear_and_disappear_by_themselves(tmp_path: Path, broker: Any, sim: Any, unique: str,
+                                                          bridge_runner: Any, recorder_factory: Any) -> None:
+    rec = await recorder_factory(broker.port, [f"fb{unique}/#", f"ha{unique}/#"])
+    await bridge_runner(config_for(tmp_path, broker, sim, unique, account={"discovery_interval": 5}))
+    imei = online_imei(sim)
+    config_topic = f"ha{unique}/device/vans_{imei}/config"
+    await rec.wait_for(lambda: rec.latest.get(config_topic), what="discovery")
+    sim.devices[imei].account = "someone-else"  # moved out of our account at the vendor
+    await rec.wait_for(lambda: rec.latest.get(config_topic) == b"", timeout=20, what="discovery cleared")
+    await rec.wait_for(lambda: rec.latest.get(f"fb{unique}/vans/{imei}/state") == b""
+                       and imei not in {d["vendor_id"] for d in rec.json(f"fb{unique}/bridge/devices")},
+                       what="state cleared and the device gone from bridge/devices")
+    sim.devices[imei].account = "fleet"
+    await rec.wait_for(lambda: rec.latest.get(config_topic), timeout=20, what="discovery back")
+    await rec.wait_for(lambda: rec.latest.get(f"fb{unique}/vans/{imei}/state"), what="state back")

@@ -48,11 +48,11 @@ def account(name: str, sim: Any, **extra: Any) -> dict[str, Any]:
             "rate_limits": {"auth": 0, "track": 0, "device_list": 0}, "command_poll_interval": 0.3, **extra}
 
 
-def write(tmp_path: Path, port: int, unique: str, accounts: list[dict[str, Any]]) -> Path:
+def write(tmp_path: Path, port: int, unique: str, accounts: list[dict[str, Any]], **mqtt: Any) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({
         "mqtt": {"host": "127.0.0.1", "port": port, "base_topic": f"rt{unique}", "discovery_prefix": f"hart{unique}",
-                 "client_id": f"rt-{unique}"},
+                 "client_id": f"rt-{unique}", **mqtt},
         "storage": str(tmp_path / "fb.db"), "accounts": accounts}))
     return path
 
@@ -164,3 +164,18 @@ async def test_journal_records_every_call(tmp_path: Path, broker: Any, sims: Any
     assert (rows["reboot"]["status"], rows["reboot"]["source"]) == ("success", "mqtt")
     assert rows["reboot"]["vendor_ref"] and json.loads(rows["reboot"]["params"]) == {}
     assert rows["engine_stop"]["status"] == "rejected" and "disabled" in rows["engine_stop"]["detail"]
+
+
+@pytest.mark.parametrize("heartbeat", [0, 1])
+async def test_steady_state_is_quiet_except_heartbeats(tmp_path: Path, broker: Any, sims: Any, unique: str,
+                                                       bridge_runner: Any, recorder_factory: Any,
+                                                       heartbeat: int) -> None:
+    sim = await sims()  # the world clock stands still: nothing changes
+    rec = await recorder_factory(broker.port, [f"rt{unique}/+/+/state"])
+    await bridge_runner(write(tmp_path, broker.port, unique, [account("Vans", sim)], heartbeat=heartbeat))
+    topic = f"rt{unique}/vans/{answering(sim)}/state"
+    await rec.wait_for(lambda: topic in rec.latest, what="first state")
+    before = len(rec.on(topic))
+    await asyncio.sleep(3.5)  # three poll cycles
+    extra = len(rec.on(topic)) - before
+    assert extra == 0 if heartbeat == 0 else extra >= 2, extra

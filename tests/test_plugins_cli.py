@@ -47,9 +47,17 @@ class AcmePlatform(Platform):
         return ServiceResult(status="success", detail=f"{device.id} rebooted")
 
 
+class BuggyPlatform(AcmePlatform):
+    name = "acme_buggy"
+
+    async def async_setup(self):
+        raise RuntimeError("bug in the plugin")
+
+
 @hookimpl
 def fleetbridge_register_platforms(register):
     register(AcmePlatform)
+    register(BuggyPlatform)
 
 
 @hookimpl
@@ -109,6 +117,7 @@ async def test_third_party_plugin_devices_published_and_broken_one_isolated(
         "accounts": [
             {"platform": "acme", "name": "Acme", "token": "tok-SECRET-123", "scan_interval": 1},
             {"platform": "broken", "name": "Broken", "whatever": 1},
+            {"platform": "acme_buggy", "name": "Buggy", "token": "tok-other-456"},
         ],
     }))
     rec = await recorder_factory(broker.port, [f"tp{unique}/#", f"hatp{unique}/#"])
@@ -124,6 +133,8 @@ async def test_third_party_plugin_devices_published_and_broken_one_isolated(
         assert cfg["dev"]["mf"] == "Acme Fleet Cloud" and "reboot" in cfg["cmps"]
         await rec.wait_for(lambda: rec.json(f"tp{unique}/bridge/info")["accounts"]["broken"]["status"]
                            == "disabled", what="broken account disabled")
+        await rec.wait_for(lambda: rec.json(f"tp{unique}/bridge/info")["accounts"]["buggy"]["status"]
+                           == "disabled", what="account whose set-up raises disabled")
         await rec.publish(f"tp{unique}/acme/acme-1/reboot/set", "PRESS")
         topic = f"tp{unique}/acme/acme-1/reboot/result"
         await rec.wait_for(lambda: len(rec.on(topic)) >= 2, what="reboot results")
