@@ -114,8 +114,9 @@ class Account:
         self.last_poll: float | None = None
         self.failures = 0
         self._published_available = True
-        self.requests: dict[str, int] = {}
-        self.errors: dict[str, int] = {}
+        self.requests: dict[str, int] = {}  # vendor requests by kind
+        self.errors: dict[str, int] = {}  # failures by error type
+        self.polls = 0  # successful polls
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._discovered_at = 0.0
@@ -151,7 +152,8 @@ class Account:
             "platform": self.config.platform, "name": self.config.name, "status": self.status,
             "detail": self.detail, "devices": len(self.devices),
             "last_poll": _iso(self.last_poll) if self.last_poll else None,
-            "warnings": dict(self.warnings), "requests": dict(self.requests), "errors": dict(self.errors),
+            "warnings": dict(self.warnings), "polls": self.polls, "requests": dict(self.requests),
+            "errors": dict(self.errors),
             "rate_budget": self.budget.usage(), **({"platform_info": extra} if extra else {}),
         }
 
@@ -349,6 +351,7 @@ class Account:
                 self.bridge.state_changed(self, dev, changes)
         if changed_rows:
             self.bridge.store.save_states(self.id, changed_rows)
+        self.polls += 1
         self.last_poll = now
         self.bridge.info_changed(soon=True)
 

@@ -12,6 +12,7 @@ import json
 import logging
 import random
 import time
+from collections import deque
 from datetime import datetime, timezone
 from typing import Any
 
@@ -56,7 +57,8 @@ class Bridge:
         self._info_task: asyncio.Task[None] | None = None
         self._outbox_queued: set[int] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.stats = {"commands": 0, "rejected": 0, "events": 0}
+        self.stats: dict[str, Any] = {"commands": 0, "events": 0, "results": {}}  # results by status
+        self.recent_events: deque[dict[str, Any]] = deque(maxlen=50)
         prefix = self.mqtt_cfg.discovery_prefix
         self.mqtt = MqttLink(
             self.mqtt_cfg,
@@ -217,6 +219,7 @@ class Bridge:
         payload = {**ev.data, "event_type": ev.event_type, "at": at.astimezone(timezone.utc).isoformat()
                    .replace("+00:00", "Z"), "device": dev.slug, "account": acc.id}
         self.stats["events"] += 1
+        self.recent_events.append(payload)
         self.registry.notify("fleetbridge_event", account=acc.id, device=dev.slug, event=payload)
         return self.topics.device(acc.id, dev.slug, "event"), _json(payload)
 
@@ -240,8 +243,7 @@ class Bridge:
         result = {"service": service, "status": status, "detail": redact.redact(detail),
                   "at": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")}
         self.mqtt.publish(self.topics.device(account, device, f"{service}/result"), _json(result))
-        if status == "rejected":
-            self.stats["rejected"] += 1
+        self.stats["results"][status] = self.stats["results"].get(status, 0) + 1
         self.registry.notify("fleetbridge_service_result", account=account, device=device, result=result)
 
     # -- MQTT in ------------------------------------------------------------------------------
