@@ -247,7 +247,7 @@ class Bridge:
         self.registry.notify("fleetbridge_service_result", account=account, device=device, result=result)
 
     # -- MQTT in ------------------------------------------------------------------------------
-    def on_message(self, topic: str, payload: bytes) -> None:
+    def on_message(self, topic: str, payload: bytes, retained: bool = False) -> None:
         if topic == f"{self.mqtt_cfg.discovery_prefix}/status":
             if payload.strip().lower() == b"online":
                 self._spawn(self._rediscover())
@@ -257,6 +257,9 @@ class Bridge:
         if len(parts) != base_len + 4 or parts[-1] != "set":
             return
         account, device, service = parts[base_len:base_len + 3]
+        if retained:  # a retained command would run again at every reconnect: never act on one
+            _LOGGER.warning("Ignored a retained command on %s: publish commands without the retain flag", topic)
+            return
         self.handle_command(account, device, service, payload)
 
     async def _rediscover(self) -> None:

@@ -27,7 +27,7 @@ RECONCILE_QUIET = 0.5  # seconds without a retained discovery message that ends 
 RECONCILE_MAX = 10.0
 BACKOFF = (1.0, 60.0)
 
-MessageHandler = Callable[[str, bytes], Awaitable[None] | None]
+MessageHandler = Callable[[str, bytes, bool], Awaitable[None] | None]  # topic, payload, retained
 
 
 def tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
@@ -141,7 +141,8 @@ class MqttLink:
             try:
                 async for message in client.messages:
                     try:
-                        result = self.on_message(str(message.topic), bytes(message.payload or b""))
+                        result = self.on_message(str(message.topic), bytes(message.payload or b""),
+                                                 bool(message.retain))
                         if asyncio.iscoroutine(result):
                             await result
                     except Exception:  # a bad message must never take the link down

@@ -318,3 +318,19 @@ async def test_devices_appear_and_disappear_by_themselves(tmp_path: Path, broker
     sim.devices[imei].account = "fleet"
     await rec.wait_for(lambda: rec.latest.get(config_topic), timeout=20, what="discovery back")
     await rec.wait_for(lambda: rec.latest.get(f"fb{unique}/vans/{imei}/state"), what="state back")
+
+
+async def test_retained_command_is_never_executed(tmp_path: Path, broker: Any, sim: Any, unique: str,
+                                                  bridge_runner: Any, recorder_factory: Any) -> None:
+    """A command left retained on the broker would run at every reconnect: it is ignored."""
+    rec = await recorder_factory(broker.port, [f"fb{unique}/#"])
+    imei = online_imei(sim)
+    await rec.publish(f"fb{unique}/vans/{imei}/reboot/set", "PRESS", retain=True)
+    try:
+        await bridge_runner(config_for(tmp_path, broker, sim, unique))
+        await rec.wait_for(lambda: f"fb{unique}/vans/{imei}/state" in rec.latest, what="state")
+        await asyncio.sleep(1.0)
+        assert sim.request_counts["/api/command/send"] == 0
+        assert not rec.on(f"fb{unique}/vans/{imei}/reboot/result")
+    finally:
+        await rec.publish(f"fb{unique}/vans/{imei}/reboot/set", "", retain=True)
