@@ -375,38 +375,38 @@ def _port(minimum: int) -> vol.All:
 _TEXT = vol.All(_string, vol.Length(min=1))
 
 MQTT_SCHEMA = vol.Schema({
-    vol.Optional("host", default="localhost"): _TEXT,
-    vol.Optional("port"): _port(1),
-    vol.Optional("username"): _string,
-    vol.Optional("password"): _string,
-    vol.Optional("tls", default=False): _boolean,
-    vol.Optional("ca_file"): _TEXT,
-    vol.Optional("certfile"): _TEXT,
-    vol.Optional("keyfile"): _TEXT,
-    vol.Optional("tls_insecure", default=False): _boolean,
-    vol.Optional("client_id", default="fleetbridge"): _TEXT,
-    vol.Optional("base_topic", default="fleetbridge"): _topic,
-    vol.Optional("discovery_prefix", default="homeassistant"): _topic,
-    vol.Optional("discovery", default=True): _boolean,
-    vol.Optional("discovery_mode", default="device"): vol.In(("device", "entity")),
-    vol.Optional("keepalive", default=60): vol.All(_integer, vol.Range(min=0, max=65535)),
-    vol.Optional("heartbeat", default=0): vol.All(_number, vol.Range(min=0)),
-    vol.Optional("device_triggers", default=True): _boolean,
-    vol.Optional("qos", default=1): vol.All(_integer, vol.In((0, 1))),
+    vol.Optional("host", default="localhost", description='broker host'): _TEXT,
+    vol.Optional("port", description='broker port (1883, or 8883 with TLS)'): _port(1),
+    vol.Optional("username", description='broker user'): _string,
+    vol.Optional("password", description='broker password (use !secret)'): _string,
+    vol.Optional("tls", default=False, description='TLS to the broker'): _boolean,
+    vol.Optional("ca_file", description="CA bundle for the broker's certificate (relative to the config)"): _TEXT,
+    vol.Optional("certfile", description='client certificate for TLS client authentication'): _TEXT,
+    vol.Optional("keyfile", description="the client certificate's key"): _TEXT,
+    vol.Optional("tls_insecure", default=False, description='skip the broker certificate check (never the default)'): _boolean,
+    vol.Optional("client_id", default="fleetbridge", description='MQTT client id; also names the bridge device: unique per instance'): _TEXT,
+    vol.Optional("base_topic", default="fleetbridge", description='root of every fleetbridge topic (docs/mqtt.md)'): _topic,
+    vol.Optional("discovery_prefix", default="homeassistant", description='Home Assistant discovery prefix'): _topic,
+    vol.Optional("discovery", default=True, description='publish Home Assistant discovery'): _boolean,
+    vol.Optional("discovery_mode", default="device", description='`device` (one message per device, HA 2024.11+) or `entity` (per-entity topics: older HA, openHAB)'): vol.In(("device", "entity")),
+    vol.Optional("keepalive", default=60, description='MQTT keepalive, seconds'): vol.All(_integer, vol.Range(min=0, max=65535)),
+    vol.Optional("heartbeat", default=0, description='seconds between re-publishing unchanged states (0: only on change)'): vol.All(_number, vol.Range(min=0)),
+    vol.Optional("device_triggers", default=True, description='one Home Assistant device trigger per event type, beside the event entity'): _boolean,
+    vol.Optional("qos", default=1, description='QoS of what the bridge publishes (0 or 1)'): vol.All(_integer, vol.In((0, 1))),
 })
 
 HTTP_SCHEMA = vol.Schema({
-    vol.Optional("host", default="127.0.0.1"): _TEXT,
-    vol.Optional("port", default=8099): _port(0),
-    vol.Optional("enabled", default=True): _boolean,
+    vol.Optional("host", default="127.0.0.1", description='listen address of the status page (loopback by default)'): _TEXT,
+    vol.Optional("port", default=8099, description='its port'): _port(0),
+    vol.Optional("enabled", default=True, description='serve the status page, /health and /metrics'): _boolean,
 })
 
 TOP_SCHEMA = vol.Schema({
-    vol.Optional("mqtt"): MQTT_SCHEMA,
-    vol.Optional("storage", default="fleetbridge.db"): _TEXT,
-    vol.Optional("http"): HTTP_SCHEMA,
-    vol.Optional("log_level"): _log_level,
-    vol.Required("accounts"): list,
+    vol.Optional("mqtt", description='the broker; without it fleetbridge starts a private mosquitto on 127.0.0.1 (the demo)'): MQTT_SCHEMA,
+    vol.Optional("storage", default="fleetbridge.db", description='SQLite store, relative to the config file'): _TEXT,
+    vol.Optional("http", description='status web page (off unless present)'): HTTP_SCHEMA,
+    vol.Optional("log_level", description='debug, info, warning or error (--log-level wins)'): _log_level,
+    vol.Required("accounts", description='the vendor accounts (below)'): list,
 })
 
 _FIRST_PASS = BASE_ACCOUNT_SCHEMA.extend({}, extra=vol.ALLOW_EXTRA)

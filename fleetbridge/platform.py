@@ -52,28 +52,28 @@ class RateLimit:
 #: points the account at it: the demo and the tests use it.
 SIMULATOR_SCHEMA = vol.Schema(
     {
-        vol.Optional("devices", default=5): vol.All(int, vol.Range(min=1, max=100_000)),
-        vol.Optional("seed", default=1): int,
-        vol.Optional("port", default=0): vol.All(int, vol.Range(min=0, max=65535)),
+        vol.Optional("devices", default=5, description='simulated devices'): vol.All(int, vol.Range(min=1, max=100_000)),
+        vol.Optional("seed", default=1, description='fleet generator seed'): int,
+        vol.Optional("port", default=0, description='listen port (0: a free one)'): vol.All(int, vol.Range(min=0, max=65535)),
     }
 )
 
 BASE_ACCOUNT_SCHEMA = vol.Schema(
     {
-        vol.Required("platform"): str,
-        vol.Required("name"): vol.All(str, vol.Length(min=1)),
-        vol.Optional("id"): slug,
-        vol.Optional("scan_interval"): vol.All(vol.Coerce(float), vol.Range(min=1)),
-        vol.Optional("event_interval"): vol.All(vol.Coerce(float), vol.Range(min=1)),
-        vol.Optional("discovery_interval", default=3600): vol.All(vol.Coerce(float), vol.Range(min=5)),
-        vol.Optional("offline_grace", default=3): vol.All(vol.Coerce(int), vol.Range(min=1)),
-        vol.Optional("timeout", default=30): vol.All(vol.Coerce(float), vol.Range(min=1, max=600)),
-        vol.Optional("verify_tls", default=True): bool,
-        vol.Optional("ca_file"): str,
-        vol.Optional("simulator", default=False): vol.Any(bool, SIMULATOR_SCHEMA),
-        vol.Optional("services", default=dict): {str: bool},
-        vol.Optional("rate_limits", default=dict): {str: vol.All(vol.Coerce(float), vol.Range(min=0))},
-        vol.Optional("enabled", default=True): bool,
+        vol.Required("platform", description='the vendor platform (`fleetbridge plugins` lists them)'): str,
+        vol.Required("name", description='shown in Home Assistant'): vol.All(str, vol.Length(min=1)),
+        vol.Optional("id", description='slug used in topics (default: slug of the name); unique'): slug,
+        vol.Optional("scan_interval", description='seconds between state polls (default per platform)'): vol.All(vol.Coerce(float), vol.Range(min=1)),
+        vol.Optional("event_interval", description='seconds between event (alarm) polls (default per platform)'): vol.All(vol.Coerce(float), vol.Range(min=1)),
+        vol.Optional("discovery_interval", default=3600, description='seconds between device-list refreshes'): vol.All(vol.Coerce(float), vol.Range(min=5)),
+        vol.Optional("offline_grace", default=3, description="failed polls in a row before the account's devices go offline"): vol.All(vol.Coerce(int), vol.Range(min=1)),
+        vol.Optional("timeout", default=30, description='seconds per vendor request'): vol.All(vol.Coerce(float), vol.Range(min=1, max=600)),
+        vol.Optional("verify_tls", default=True, description="check the vendor's TLS certificate (false must be explicit and is warned about)"): bool,
+        vol.Optional("ca_file", description='CA bundle for a server with a private CA'): str,
+        vol.Optional("simulator", default=False, description="run the platform's bundled simulator in-process and use it (true or {devices, seed, port})"): vol.Any(bool, SIMULATOR_SCHEMA),
+        vol.Optional("services", default=dict, description='{service: true/false}; dangerous services stay off unless set true'): {str: bool},
+        vol.Optional("rate_limits", default=dict, description="{request kind: minimum seconds between requests} over the platform's defaults"): {str: vol.All(vol.Coerce(float), vol.Range(min=0))},
+        vol.Optional("enabled", default=True, description='false keeps the account configured but stopped'): bool,
     }
 )
 

@@ -249,15 +249,24 @@ class OpenGpsPlatform(Platform):
     name = "opengps"
     title = "Tracker Open API (Protrack365 family)"
     CONFIG_SCHEMA = BASE_ACCOUNT_SCHEMA.extend({
-        vol.Optional("base_url"): _url,  # required unless `simulator` (checked in async_setup)
-        vol.Required("account"): vol.All(str, vol.Length(min=1)),
-        vol.Required("password"): vol.All(str, vol.Length(min=1)),
-        vol.Optional("include_subaccounts", default=False): bool,
-        vol.Optional("engine_stop_max_speed", default=20.0): _positive(float),
-        vol.Optional("engine_stop_max_fix_age", default=300.0): _positive(float),
-        vol.Optional("command_poll_interval", default=1.0): _positive(float),
-        vol.Optional("command_poll_attempts", default=30): vol.All(vol.Coerce(int), vol.Range(min=1, max=600)),
-        vol.Optional("token_refresh", default=5400.0): vol.All(vol.Coerce(float), vol.Range(min=60, max=7000)),
+        # required unless `simulator` (checked in async_setup)
+        vol.Optional("base_url", description="the reseller's API host, e.g. https://api.example.com"): _url,
+        vol.Required("account", description="login account"): vol.All(str, vol.Length(min=1)),
+        vol.Required("password", description="its password (use !secret)"): vol.All(str, vol.Length(min=1)),
+        vol.Optional("include_subaccounts", default=False,
+                     description="distributor accounts: also list the devices of every sub-account"): bool,
+        vol.Optional("engine_stop_max_speed", default=20.0,
+                     description="km/h above which engine_stop is refused"): _positive(float),
+        vol.Optional("engine_stop_max_fix_age", default=300.0,
+                     description="seconds: engine_stop is refused when the last fix is older"): _positive(float),
+        vol.Optional("command_poll_interval", default=1.0,
+                     description="seconds between command status queries"): _positive(float),
+        vol.Optional("command_poll_attempts", default=30,
+                     description="queries before a command is a timeout"): vol.All(vol.Coerce(int),
+                                                                                   vol.Range(min=1, max=600)),
+        vol.Optional("token_refresh", default=5400.0,
+                     description="seconds before the 2-hour token is renewed"): vol.All(vol.Coerce(float),
+                                                                                       vol.Range(min=60, max=7000)),
     })
     SECRET_KEYS = ("password",)
     RATE_LIMITS = {
