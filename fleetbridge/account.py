@@ -173,12 +173,27 @@ class Account:
         finally:
             await self.close()
 
-    async def open(self) -> None:
-        """Open the HTTP session and set up the platform (retrying until it works)."""
+    async def open(self, retry: bool = True) -> None:
+        """Open the HTTP session and set up the platform: retrying until it works, or (one-shot
+        commands) raising the first failure as a readable error."""
         if self.platform_cls is None or self.status == "disabled":
             raise FleetbridgeError(f"account '{self.id}' is disabled: {self.detail or 'platform unavailable'}")
         self._session = _session(dict(self.config.data, id=self.id))
-        await self._setup()
+        if retry:
+            await self._setup()
+            return
+        self.platform = self.platform_cls(AccountContextImpl(self, self._session))
+        try:
+            await self.platform.async_setup()
+        except VendorError as err:
+            raise FleetbridgeError(f"{self.id}: {friendly(err)}") from None
+
+    async def discover_once(self) -> None:
+        """Discovery for one-shot commands: a failure is a readable error."""
+        try:
+            await self.discover()
+        except VendorError as err:
+            raise FleetbridgeError(f"{self.id}: {friendly(err)}") from None
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -212,7 +227,7 @@ class Account:
                 attempt += 1
                 self.failures += 1
                 self._count_error(err)
-                self._set_status(err.status, str(err))
+                self._set_status(err.status, friendly(err))
                 self.ready.set()
                 await asyncio.sleep(self._backoff(err, attempt))
             except Exception as err:  # the plugin's own bug: disable this account only
@@ -316,7 +331,7 @@ class Account:
                 attempt += 1
                 self.failures += 1
                 self._count_error(err)
-                self._set_status(err.status, str(err))
+                self._set_status(err.status, friendly(err))
                 self.ready.set()
                 await asyncio.sleep(min(self._backoff(err, attempt), max(interval, 1.0) * 4)
                                     if not isinstance(err, AuthFailed) else AUTH_RETRY)
@@ -468,6 +483,19 @@ class Account:
             detail = redact.redact(f"after restart: {result.detail}")
             store.journal_update(row["id"], result.status, detail)
             self.bridge.service_result(self, dev, row["service"], result.status, detail)
+
+
+HINTS = {
+    "auth_failed": "check the account's credentials in the config",
+    "unreachable": "check base_url and the network (is the vendor's host reachable from here?)",
+    "rate_limited": "the vendor asks us to slow down: raise scan_interval or the account's rate_limits",
+}
+
+
+def friendly(err: VendorError) -> str:
+    """One readable line: what failed and what to do."""
+    hint = HINTS.get(err.status, "")
+    return redact.redact(f"{err}" + (f" ({hint})" if hint else ""))
 
 
 def _iso(ts: float) -> str:

@@ -135,10 +135,16 @@ async def _open_account(args: argparse.Namespace, *, poll: bool):
     if acc is None:
         await stack.aclose()
         raise FleetbridgeError(f"no account '{args.account}' (have: {', '.join(bridge.accounts)})")
-    await acc.open()
-    await acc.discover()
-    if poll:
-        await acc.poll()
+    try:
+        await acc.open(retry=False)
+        await acc.discover_once()
+        if poll:
+            await acc.poll()
+    except BaseException:
+        await acc.close()
+        bridge.store.close()
+        await stack.aclose()
+        raise
     return bridge, acc, stack, registry
 
 

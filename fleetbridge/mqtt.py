@@ -30,6 +30,22 @@ BACKOFF = (1.0, 60.0)
 MessageHandler = Callable[[str, bytes, bool], Awaitable[None] | None]  # topic, payload, retained
 
 
+def broker_problem(cfg: MqttConfig, err: Exception) -> str:
+    """One readable line for a broker failure, with what to do."""
+    text = str(err)
+    lowered = text.lower()
+    where = f"MQTT broker {cfg.host}:{cfg.port}"
+    if "not authori" in lowered or "bad user" in lowered or "password" in lowered:
+        return f"{where} refused the login ({text}): check mqtt.username and mqtt.password"
+    if "refused" in lowered or "errno 111" in lowered:
+        return f"{where} refused the connection: is the broker running, and are mqtt.host/mqtt.port right?"
+    if "certificate" in lowered or "ssl" in lowered:
+        return f"{where}: TLS failed ({text}): check mqtt.ca_file (or the broker's certificate)"
+    if "name or service" in lowered or "nodename" in lowered:
+        return f"{where}: unknown host: check mqtt.host"
+    return f"{where} unavailable ({text})"
+
+
 def tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
     if not cfg.tls:
         return None
@@ -102,13 +118,17 @@ class MqttLink:
     async def run(self) -> None:
         """Connect, reconnect with capped backoff and jitter, forever (until cancelled)."""
         delay = BACKOFF[0]
+        failing = False
         while True:
             try:
                 await self._session()
                 delay = BACKOFF[0]
             except aiomqtt.MqttError as err:
-                if self.connected.is_set() or self.stats["connects"] == 0:
-                    _LOGGER.warning("MQTT broker %s:%s unavailable (%s); retrying", self.cfg.host, self.cfg.port, err)
+                if self.connected.is_set() or not failing:  # once per outage, not once per attempt
+                    _LOGGER.warning("%s; retrying with backoff", broker_problem(self.cfg, err))
+                else:
+                    _LOGGER.debug("%s", broker_problem(self.cfg, err))
+                failing = True
             finally:
                 self.connected.clear()
                 self._client = None

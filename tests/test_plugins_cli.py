@@ -286,3 +286,36 @@ async def test_readme_one_command_runs_the_example(tmp_path: Path, recorder_fact
         await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 0
     assert (tmp_path / "fleetbridge.db").exists()
+
+
+async def test_common_mistakes_end_in_one_readable_line(tmp_path: Path) -> None:
+    """Wrong password, unreachable vendor, unknown service, disabled dangerous service."""
+    from aiohttp.test_utils import TestServer
+
+    from fleetbridge_plugins.opengps.simulator import create_app
+
+    server = TestServer(create_app(accounts={"demo": "right-pw-1"}, devices=3, seed=3, tick=0), host="127.0.0.1")
+    await server.start_server()
+    try:
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump({"storage": str(tmp_path / "fb.db"), "accounts": [
+            {"platform": "opengps", "name": "Vans", "base_url": str(server.make_url("")).rstrip("/"),
+             "account": "demo", "password": "wrong-pw-1", "rate_limits": {"auth": 0}},
+            {"platform": "opengps", "name": "Gone", "base_url": "http://127.0.0.1:9", "account": "demo",
+             "password": "right-pw-1", "timeout": 2}]}))
+        wrong, gone = await asyncio.gather(*(asyncio.to_thread(
+            fleetbridge, "call", "-c", str(config), acc, "x", "reboot") for acc in ("vans", "gone")))
+    finally:
+        await server.close()
+    for out, words in ((wrong, "account or password"), (gone, "reachable")):
+        assert out.returncode == 1
+        errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and words in errors[0], out.stderr
+        assert "Traceback" not in out.stderr and "wrong-pw-1" not in out.stderr
+
+    sim_config = tmp_path / "sim.yaml"
+    sim_config.write_text(SIM_CONFIG.format(storage=tmp_path / "sim.db"))
+    for service, words in (("fly", "not supported"), ("unlock_doors", "enable it under services:")):
+        out = fleetbridge("call", "-c", str(sim_config), "vans", ANSWERING, service)
+        result = json.loads(out.stdout)
+        assert out.returncode == 1 and result["status"] == "rejected" and words in result["detail"], result
