@@ -8,6 +8,7 @@ discovery under ``<prefix>``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import random
@@ -217,7 +218,8 @@ class Bridge:
     def event_message(self, acc: Account, dev: Device, ev: Event) -> tuple[str, bytes]:
         at = ev.at if ev.at.tzinfo else ev.at.replace(tzinfo=timezone.utc)
         payload = {**ev.data, "event_type": ev.event_type, "at": at.astimezone(timezone.utc).isoformat()
-                   .replace("+00:00", "Z"), "device": dev.slug, "account": acc.id}
+                   .replace("+00:00", "Z"), "device": dev.slug, "account": acc.id,
+                   "id": hashlib.sha1(f"{acc.id}/{ev.uid}".encode()).hexdigest()[:16]}
         self.stats["events"] += 1
         self.recent_events.append(payload)
         self.registry.notify("fleetbridge_event", account=acc.id, device=dev.slug, event=payload)

@@ -76,6 +76,10 @@ class MqttLink:
         self._dirty_discovery: dict[str, None] = {}  # sent first: entities exist before their messages
         self._dirty: dict[str, None] = {}
         self._transient: deque[tuple[str, bytes, int, Callable[[], None] | None]] = deque()
+        # acknowledged messages (stored events) go one at a time: a crash can then repeat at most
+        # the one message in flight, never a whole window
+        self._acked: deque[tuple[str, bytes, int, Callable[[], None]]] = deque()
+        self._acked_wake = asyncio.Event()
         self._wake = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
@@ -104,8 +108,13 @@ class MqttLink:
                 on_done: Callable[[], None] | None = None) -> None:
         """Queue a non-retained message; ``on_done`` runs once the broker acknowledged it."""
         data = payload.encode() if isinstance(payload, str) else payload
-        self._transient.append((topic, data, self.cfg.qos if qos is None else qos, on_done))
-        self._wake.set()
+        qos = self.cfg.qos if qos is None else qos
+        if on_done is None:
+            self._transient.append((topic, data, qos, None))
+            self._wake.set()
+        else:
+            self._acked.append((topic, data, max(qos, 1), on_done))
+            self._acked_wake.set()
 
     def republish(self, predicate: Callable[[str], bool]) -> None:
         """Send again every retained topic matching ``predicate`` (after Home Assistant's birth)."""
@@ -157,7 +166,7 @@ class MqttLink:
             self.connected.set()
             if self.on_connect:
                 self.on_connect()
-            sender = asyncio.create_task(self._sender(client))
+            sender = asyncio.gather(self._sender(client), self._acked_sender(client))
             try:
                 async for message in client.messages:
                     try:
@@ -209,6 +218,18 @@ class MqttLink:
         _LOGGER.info("Discovery: %d retained on the broker, %d to publish, %d stale to clear",
                      len(seen), changed, stale)
 
+    async def _acked_sender(self, client: aiomqtt.Client) -> None:
+        """Send acknowledged messages strictly one after the other; ``on_done`` after each PUBACK."""
+        while True:
+            while not self._acked:
+                self._acked_wake.clear()
+                await self._acked_wake.wait()
+            topic, payload, qos, on_done = self._acked[0]
+            await client.publish(topic, payload, qos=qos, retain=False)
+            self._acked.popleft()
+            self.stats["published"] += 1
+            on_done()
+
     async def _sender(self, client: aiomqtt.Client) -> None:
         window = asyncio.Semaphore(WINDOW)
         tasks: set[asyncio.Task[None]] = set()
@@ -233,7 +254,7 @@ class MqttLink:
                 window.release()
 
         while True:
-            while not self.pending:
+            while not (self._dirty_discovery or self._dirty or self._transient):
                 self._wake.clear()
                 await self._wake.wait()
             await window.acquire()
@@ -255,7 +276,7 @@ class MqttLink:
     @property
     def pending(self) -> int:
         """Messages waiting to be sent."""
-        return len(self._dirty_discovery) + len(self._dirty) + len(self._transient)
+        return len(self._dirty_discovery) + len(self._dirty) + len(self._transient) + len(self._acked)
 
     async def flush(self, timeout: float = 5.0, *, discovery_only: bool = False) -> bool:
         """Wait until nothing (or no discovery) is left to send, or ``timeout``. True when drained."""

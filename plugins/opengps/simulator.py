@@ -765,15 +765,20 @@ class Simulator:
 
     # ------------------------------------------------------------------------------------------ alarms
 
-    def raise_alarm(self, imei: str, type_code: int, fenceid: int = 0) -> None:
-        """Store an alarm of ``type_code`` for a device at the current world time and position."""
-        self._store_alarm(self.devices[imei], type_code, fenceid)
+    def raise_alarm(self, imei: str, type_code: int, fenceid: int = 0, at: float | None = None) -> None:
+        """Store an alarm of ``type_code`` for a device at its current position, at the current world
+        time or at system time ``at`` (not later than the world time)."""
+        self._store_alarm(self.devices[imei], type_code, fenceid, at)
 
-    def _store_alarm(self, d: SimDevice, kind: int, fenceid: int = 0) -> None:
+    def _store_alarm(self, d: SimDevice, kind: int, fenceid: int = 0, at: float | None = None) -> None:
         if d.alarms is None:
             d.alarms = deque(maxlen=self.alarm_cap)
-        ti = int(self.t)
-        d.alarms.append((ti, kind, d.longitude, d.latitude, ti - d._lag, d.speed, d.course, fenceid))
+        ti = int(self.t if at is None else min(at, self.t))
+        record = (ti, kind, d.longitude, d.latitude, ti - d._lag, d.speed, d.course, fenceid)
+        if not d.alarms or d.alarms[-1][0] <= ti:
+            d.alarms.append(record)
+        else:  # keep the stored alarms ordered by system time
+            d.alarms.insert(bisect.bisect_right([a[0] for a in d.alarms], ti), record)
 
     def alarm_records(self, imeis: Iterable[str], begin: int, end: int, limit: int = 100) -> list[tuple]:
         """Alarms (systemtime, type, lon, lat, gpstime, speed, course, fenceid) with begin <= systemtime <= end.
