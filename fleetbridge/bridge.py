@@ -262,7 +262,7 @@ class Bridge:
         if retained:  # a retained command would run again at every reconnect: never act on one
             _LOGGER.warning("Ignored a retained command on %s: publish commands without the retain flag", topic)
             return
-        self.handle_command(account, device, service, payload)
+        self.handle_command(account, device, service, payload, source=topic)
 
     async def _rediscover(self) -> None:
         """Home Assistant came online: discovery again after a small random delay, then states."""
@@ -271,8 +271,9 @@ class Bridge:
         await asyncio.sleep(0.5)
         self.mqtt.republish(lambda t: t.startswith(self.topics.base + "/"))
 
-    def handle_command(self, account: str, device: str, service: str, payload: bytes, source: str = "mqtt") -> None:
-        """Validate a command; start it, or answer ``rejected`` without touching the vendor."""
+    def handle_command(self, account: str, device: str, service: str, payload: bytes, source: str) -> None:
+        """Validate a command; start it, or answer ``rejected`` without touching the vendor.
+        ``source`` (the MQTT topic, or ``cli``) goes into the journal."""
         self.stats["commands"] += 1
         if not (SLUG_RE.match(account) and SLUG_RE.match(device) and SLUG_RE.match(service)):
             _LOGGER.warning("Ignored a command on a malformed topic")

@@ -161,7 +161,7 @@ async def test_journal_records_every_call(tmp_path: Path, broker: Any, sims: Any
                        what="reboot done")
     await rb.stop()
     rows = {r["service"]: r for r in Store(tmp_path / "fb.db").journal()}
-    assert (rows["reboot"]["status"], rows["reboot"]["source"]) == ("success", "mqtt")
+    assert (rows["reboot"]["status"], rows["reboot"]["source"]) == ("success", f"rt{unique}/vans/{imei}/reboot/set")
     assert rows["reboot"]["vendor_ref"] and json.loads(rows["reboot"]["params"]) == {}
     assert rows["engine_stop"]["status"] == "rejected" and "disabled" in rows["engine_stop"]["detail"]
 
