@@ -225,17 +225,21 @@ class Account:
                 return
             except VendorError as err:
                 attempt += 1
-                self.failures += 1
-                self._count_error(err)
-                self._set_status(err.status, friendly(err))
-                self.ready.set()
-                await asyncio.sleep(self._backoff(err, attempt))
+                await asyncio.sleep(self._failed(err, attempt))
             except Exception as err:  # the plugin's own bug: disable this account only
                 _LOGGER.error("%s: set-up of platform %s failed: %s: %s; account disabled", self.id,
                               self.config.platform, type(err).__name__, redact.redact(str(err)))
                 self._set_status("disabled", f"set-up failed: {type(err).__name__}")
                 self.ready.set()
                 await asyncio.Event().wait()
+
+    def _failed(self, err: VendorError, attempt: int) -> float:
+        """Account for a failed vendor call; return how long to back off."""
+        self.failures += 1
+        self._count_error(err)
+        self._set_status(err.status, friendly(err))
+        self.ready.set()
+        return self._backoff(err, attempt)
 
     def _backoff(self, err: VendorError | None, attempt: int) -> float:
         if isinstance(err, AuthFailed):
@@ -329,12 +333,9 @@ class Account:
                 await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
             except VendorError as err:
                 attempt += 1
-                self.failures += 1
-                self._count_error(err)
-                self._set_status(err.status, friendly(err))
-                self.ready.set()
-                await asyncio.sleep(min(self._backoff(err, attempt), max(interval, 1.0) * 4)
-                                    if not isinstance(err, AuthFailed) else AUTH_RETRY)
+                delay = self._failed(err, attempt)
+                # retry the poll soon (it is not lost), unless the credentials were refused
+                await asyncio.sleep(delay if isinstance(err, AuthFailed) else min(delay, max(interval, 1.0) * 4))
             except Exception as err:  # a plugin bug must not kill the bridge
                 attempt += 1
                 self.failures += 1
