@@ -28,7 +28,8 @@ from .storage import Store
 
 _LOGGER = logging.getLogger(__name__)
 
-INFO_DEBOUNCE = 1.0
+INFO_DEBOUNCE = 0.05  # status changes
+INFO_PERIOD = 30.0  # routine counters (last poll, requests)
 BIRTH_DELAY = (1.0, 5.0)
 DISCOVERY_SETTLE = 2.0  # seconds Home Assistant gets to subscribe to new entities
 
@@ -56,6 +57,7 @@ class Bridge:
         }
         self._discovery_topics: dict[tuple[str, str], set[str]] = {}
         self._info_task: asyncio.Task[None] | None = None
+        self._info_delay = 0.0
         self._outbox_queued: set[int] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.stats: dict[str, Any] = {"commands": 0, "events": 0, "results": {}}  # results by status
@@ -118,15 +120,24 @@ class Bridge:
         self.mqtt.set_retained(self.topics.bridge("info"), redact.redact(_json(self.info()).decode()))
 
     def info_changed(self, soon: bool = False) -> None:
-        """Publish bridge/info, debounced (a poll cycle of many accounts gives one message)."""
-        if self._info_task is None or self._info_task.done():
-            async def later() -> None:
-                await asyncio.sleep(INFO_DEBOUNCE if soon else 0.05)
-                self._publish_info()
-            try:
-                self._info_task = asyncio.get_running_loop().create_task(later())
-            except RuntimeError:
-                self._publish_info()
+        """Publish bridge/info: at once (debounced) for a status change, within ``INFO_PERIOD`` for
+        routine counters (``soon``), so that a quiet fleet stays quiet on the broker."""
+        delay = INFO_PERIOD if soon else INFO_DEBOUNCE
+        task = self._info_task
+        if task is not None and not task.done():
+            if delay >= self._info_delay:
+                return
+            task.cancel()
+
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            self._publish_info()
+
+        try:
+            self._info_task = asyncio.get_running_loop().create_task(later())
+            self._info_delay = delay
+        except RuntimeError:
+            self._publish_info()
 
     async def discovery_settled(self, timeout: float = 30.0) -> None:
         """Wait until discovery is on the broker and Home Assistant had a moment to subscribe, so

@@ -72,10 +72,8 @@ async def start_embedded_broker(stack: AsyncExitStack, kind: str | None = None) 
         await _start_mosquitto(binary, port, stack)
         name = "mosquitto"
     else:
-        await _start_amqtt(port, stack)
+        await _start_amqtt(port, stack)  # listening once started (a probe connection would log an error)
         name = "amqtt, in-process"
-    if not await wait_for_port(port):
-        raise ConfigError(f"the embedded MQTT broker ({name}) did not start on 127.0.0.1:{port}")
     _LOGGER.info("Embedded MQTT broker (%s) on 127.0.0.1:%d", name, port)
     return MqttConfig(host="127.0.0.1", port=port)
 
@@ -90,8 +88,9 @@ async def _start_mosquitto(binary: str, port: int, stack: AsyncExitStack) -> Non
     stack.callback(shutil.rmtree, conf_dir, ignore_errors=True)
     conf = conf_dir / "mosquitto.conf"
     conf.write_text(mosquitto_conf(port))
+    # its own session: a Ctrl-C in the terminal must not stop it before the bridge said "offline"
     proc = await asyncio.create_subprocess_exec(binary, "-c", str(conf), stdout=asyncio.subprocess.DEVNULL,
-                                                stderr=asyncio.subprocess.DEVNULL)
+                                                stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
 
     async def stop() -> None:
         if proc.returncode is None:
@@ -103,6 +102,8 @@ async def _start_mosquitto(binary: str, port: int, stack: AsyncExitStack) -> Non
                 await proc.wait()
 
     stack.push_async_callback(stop)
+    if not await wait_for_port(port):
+        raise ConfigError(f"the embedded mosquitto ({binary}) did not start on 127.0.0.1:{port}")
 
 
 def amqtt_config(port: int) -> dict[str, object]:

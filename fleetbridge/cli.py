@@ -34,7 +34,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config, registry = _load(args)
     if args.log_level is None and config.log_level:
         logging.getLogger().setLevel(config.log_level.upper())
-    return asyncio.run(run_bridge(config, registry))
+    live = args.log_format == "text" and not args.no_live and sys.stderr.isatty()
+    return asyncio.run(run_bridge(config, registry, live=live))
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -249,7 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    add("run", cmd_run, "run the bridge")
+    p = add("run", cmd_run, "run the bridge")
+    p.add_argument("--no-live", action="store_true",
+                   help="plain log lines even on a terminal (no live status block)")
     add("check-config", cmd_check_config, "validate the config and exit (2 on errors)")
     p = add("plugins", cmd_plugins, "list installed platforms, their config keys and services", config=False)
     p.add_argument("--json", action="store_true")

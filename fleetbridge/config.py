@@ -402,7 +402,8 @@ HTTP_SCHEMA = vol.Schema({
 })
 
 TOP_SCHEMA = vol.Schema({
-    vol.Optional("mqtt", description='the broker; without it fleetbridge starts a private mosquitto on 127.0.0.1 (the demo)'): MQTT_SCHEMA,
+    vol.Optional("mqtt", description="the broker; without it fleetbridge starts a private one on 127.0.0.1 "
+                 "(mosquitto if installed, else amqtt in-process): the demo"): MQTT_SCHEMA,
     vol.Optional("storage", default="fleetbridge.db", description='SQLite store, relative to the config file'): _TEXT,
     vol.Optional("http", description='status web page (off unless present)'): HTTP_SCHEMA,
     vol.Optional("log_level", description='debug, info, warning or error (--log-level wins)'): _log_level,

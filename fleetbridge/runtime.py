@@ -1,32 +1,29 @@
-"""What ``fleetbridge run`` needs around the bridge: logging, bundled simulators, an embedded broker,
-signals."""
+"""What ``fleetbridge run`` needs around the bridge: logging, bundled simulators, the embedded broker
+(:mod:`fleetbridge.broker`), the status page (:mod:`fleetbridge.web`), the terminal status
+(:mod:`fleetbridge.console`), signals."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import shutil
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 from contextlib import AsyncExitStack
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from .config import Config, MqttConfig
+from .broker import free_port, start_embedded_broker
+from .config import Config
+from .console import LiveStatus
 from .errors import ConfigError
 from .plugins import PluginRegistry
 from .redact import RedactingFilter, add_secret
+from .web import start_web
 
 _LOGGER = logging.getLogger(__name__)
-
-EMBEDDED_PORT = 1883
 
 
 class JsonFormatter(logging.Formatter):
@@ -55,17 +52,6 @@ def register_secrets(config: Config) -> None:
         add_secret(value)
 
 
-def free_port(preferred: int = 0) -> int:
-    for port in (preferred, 0) if preferred else (0,):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return sock.getsockname()[1]
-    raise OSError("no free port")
-
-
 async def start_simulators(config: Config, registry: PluginRegistry, stack: AsyncExitStack) -> None:
     """Start the bundled simulator of every account with ``simulator:`` set; point it there."""
     for acc in config.accounts:
@@ -87,47 +73,9 @@ async def start_simulators(config: Config, registry: PluginRegistry, stack: Asyn
                      opts.get("devices", 5), port)
 
 
-def start_embedded_broker(stack: AsyncExitStack) -> MqttConfig:
-    """A private mosquitto on loopback, for a config without ``mqtt:`` (the demo)."""
-    binary = shutil.which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None)
-    if binary is None:
-        raise ConfigError("the config has no mqtt: section and no mosquitto was found to embed: install "
-                          "mosquitto (apt install mosquitto) or name your broker under mqtt:")
-    port = free_port(EMBEDDED_PORT)
-    conf_dir = Path(tempfile.mkdtemp(prefix="fleetbridge-mosquitto-"))
-    (conf_dir / "mosquitto.conf").write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n")
-    proc = subprocess.Popen([binary, "-c", str(conf_dir / "mosquitto.conf")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-
-    def stop() -> None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(conf_dir, ignore_errors=True)
-
-    stack.callback(stop)
-    _LOGGER.info("Embedded MQTT broker (mosquitto) on 127.0.0.1:%d", port)
-    return MqttConfig(host="127.0.0.1", port=port)
-
-
-async def wait_for_port(port: int, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while loop.time() < end:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-
-
-async def run_bridge(config: Config, registry: PluginRegistry) -> int:
-    """Run the bridge until SIGINT/SIGTERM. Returns the exit code."""
+async def run_bridge(config: Config, registry: PluginRegistry, *, live: bool = False) -> int:
+    """Run the bridge until SIGINT/SIGTERM (with the status block on stderr when ``live``). Returns
+    the exit code."""
     from .bridge import Bridge
 
     register_secrets(config)
@@ -140,12 +88,16 @@ async def run_bridge(config: Config, registry: PluginRegistry) -> int:
             pass
     async with AsyncExitStack() as stack:
         if config.mqtt is None:
-            mqtt = start_embedded_broker(stack)
-            await wait_for_port(mqtt.port)
-            config = replace(config, mqtt=mqtt)
+            config = replace(config, mqtt=await start_embedded_broker(stack))
         await start_simulators(config, registry, stack)
         bridge = Bridge(config, registry)
         _LOGGER.info("fleetbridge running: %d account(s), MQTT %s:%s, base topic %s", len(bridge.accounts),
                      config.mqtt.host, config.mqtt.port, config.mqtt.base_topic)
+        if config.http is not None and config.http.enabled:
+            await start_web(bridge, config.http, stack)
+        if live:
+            console = LiveStatus(bridge)
+            console.start()
+            stack.push_async_callback(console.stop)
         await bridge.run(stop)
     return 0
