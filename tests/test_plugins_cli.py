@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,34 +18,12 @@ import yaml
 
 pytestmark = pytest.mark.e2e
 
-THIRD_PARTY = '''
-"""A third party's vendor plugin, installed through an entry point."""
+EXAMPLE = Path(__file__).parent.parent / "examples" / "fleetbridge-acme"
+
+BUGGY = '''
+"""A plugin whose platform's set-up raises: only its own account may suffer."""
 from fleetbridge import hookimpl
-from fleetbridge.platform import BASE_ACCOUNT_SCHEMA, DeviceInfo, Platform, ServiceResult
-import voluptuous as vol
-
-SEEN = []
-
-
-class AcmePlatform(Platform):
-    name = "acme"
-    title = "Acme Fleet Cloud"
-    CONFIG_SCHEMA = BASE_ACCOUNT_SCHEMA.extend({vol.Required("token"): str})
-    SECRET_KEYS = ("token",)
-    SERVICES = ("reboot",)
-
-    async def async_discover(self):
-        return [DeviceInfo(id=f"ACME-{n}", name=f"Acme truck {n}", model="T1",
-                           keys=frozenset({"latitude", "longitude", "battery", "online"}),
-                           services=("reboot",)) for n in (1, 2)]
-
-    async def async_poll(self, devices):
-        return {d.id: {"latitude": 48.1, "longitude": 11.5, "battery": 80 + i, "online": True}
-                for i, d in enumerate(devices)}
-
-    async def async_call(self, device, call):
-        await call.pending("queued")
-        return ServiceResult(status="success", detail=f"{device.id} rebooted")
+from fleetbridge_acme import AcmePlatform
 
 
 class BuggyPlatform(AcmePlatform):
@@ -56,13 +35,7 @@ class BuggyPlatform(AcmePlatform):
 
 @hookimpl
 def fleetbridge_register_platforms(register):
-    register(AcmePlatform)
     register(BuggyPlatform)
-
-
-@hookimpl
-def fleetbridge_state_changed(account, device, changed):
-    SEEN.append((account, device, sorted(changed)))
 '''
 
 
@@ -77,12 +50,23 @@ def install_dist(site: Path, dist: str, module: str, source: str, entry: str) ->
     (info / "entry_points.txt").write_text(f"[fleetbridge]\n{entry} = {module}\n")
 
 
+@pytest.fixture(scope="module")
+def example_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example plugin of docs/plugins.md, installed by pip as a user would."""
+    site = tmp_path_factory.mktemp("site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                    "--disable-pip-version-check", "--target", str(site), str(EXAMPLE)], check=True,
+                   capture_output=True, timeout=300)
+    assert list(site.glob("fleetbridge_acme-*.dist-info"))
+    return site
+
+
 @pytest.fixture
-def site(tmp_path: Path) -> Path:
+def site(tmp_path: Path, example_site: Path) -> Path:
     site = tmp_path / "site"
-    site.mkdir()
-    install_dist(site, "acme_fleet", "acme_fleet", THIRD_PARTY, "acme")
+    shutil.copytree(example_site, site)
     install_dist(site, "broken_plugin", "broken_plugin", "raise ImportError('vendor SDK missing')\n", "broken")
+    install_dist(site, "buggy_plugin", "buggy_plugin", BUGGY, "buggy")
     return site
 
 
@@ -105,6 +89,7 @@ def test_plugins_command_lists_builtin_and_third_party(site: Path) -> None:
     assert data["platforms"]["opengps"]["plugin"] == "opengps"  # built-in, through its entry point
     assert data["platforms"]["opengps"]["services"]["engine_stop"].startswith("dangerous")
     assert "vendor SDK missing" in data["unavailable"]["broken"]
+    assert data["platforms"]["acme"]["plugin"] == "acme"  # the pip-installed example
     assert len([line for line in out.stderr.splitlines() if "broken" in line]) == 1  # one clear log line
 
 
@@ -127,10 +112,12 @@ async def test_third_party_plugin_devices_published_and_broken_one_isolated(
     try:
         await rec.wait_for(lambda: f"tp{unique}/acme/acme-2/state" in rec.latest, timeout=20,
                            what="third-party device state")
-        assert rec.json(f"tp{unique}/acme/acme-1/state") == {"battery": 80, "latitude": 48.1,
-                                                             "longitude": 11.5, "online": True}
+        assert rec.json(f"tp{unique}/acme/acme-1/state") == {"battery": 80, "latitude": 48.137,
+                                                             "longitude": 11.575, "online": True}
         cfg = rec.json(f"hatp{unique}/device/acme_acme-1/config")
-        assert cfg["dev"]["mf"] == "Acme Fleet Cloud" and "reboot" in cfg["cmps"]
+        assert cfg["dev"]["mf"] == "Acme" and "reboot" in cfg["cmps"] and cfg["cmps"]["alarm"]["p"] == "event"
+        await rec.wait_for(lambda: rec.on(f"tp{unique}/acme/acme-1/event"), what="the plugin's event")
+        assert rec.on(f"tp{unique}/acme/acme-1/event")[0]["event_type"] == "sos"
         await rec.wait_for(lambda: rec.json(f"tp{unique}/bridge/info")["accounts"]["broken"]["status"]
                            == "disabled", what="broken account disabled")
         await rec.wait_for(lambda: rec.json(f"tp{unique}/bridge/info")["accounts"]["buggy"]["status"]
