@@ -1,0 +1,260 @@
+#!/usr/bin/env python3
+"""Soak: a long run of many simulated devices across every platform with faults switching on and
+off. Not part of the test run.
+
+    python3 tools/soak.py --duration 1800 --devices 10000          # the full soak (30 min)
+    python3 tools/soak.py --duration 120 --devices 1000            # a quick look
+
+Starts mosquitto, one simulator process per platform (``fleetbridge simulate``) and the bridge as
+its own process; every ``--fault-every`` seconds switches one fault on one simulator for a while
+(rate limiting, HTTP 5xx, HTML pages, malformed JSON, slow answers), presses a harmless control now
+and then, samples the bridge's resident memory, and at the end (faults off, a few poll cycles to
+settle) compares the states on the broker with a fresh poll of every simulator. Prints a JSON
+summary: memory over time, faults injected, errors by account, commands sent and answered, and
+mismatching devices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import aiomqtt
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+#: credentials each simulator is started with and the account config that uses them
+CREDENTIALS: dict[str, dict[str, str]] = {
+    "opengps": {"account": "soak", "password": "soak-password"},
+    "lattigo": {"key_name": "soak", "api_key": "soak-api-key"},
+    "amm": {"client_id": "soak", "client_secret": "soak-secret", "username": "soak", "password": "soak-password"},
+    "airvantage": {"client_id": "soak", "client_secret": "soak-secret", "username": "soak",
+                   "password": "soak-password"},
+    "tangoe": {"tenant": "soak", "client_id": "soak", "client_secret": "soak-secret", "username": "soak",
+               "password": "soak-password"},
+}
+FAULTS = ({"rate_limit": 5}, {"http_500": 5}, {"html_error": 3}, {"malformed_json": 3}, {"slow": 5.0})
+HARMLESS = ("reboot", "engine_resume", "lock_doors")
+VOLATILE = {"gps_time", "last_seen"}  # advance with every answer: compared by the other keys
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def wait_port(port: int, timeout: float = 30) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+class Soak:
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.sims: dict[str, int] = {}  # platform -> port
+        self.latest: dict[str, bytes] = {}
+        self.results: dict[str, list[str]] = {}
+        self.summary: dict[str, Any] = {"faults": [], "memory_mb": [], "commands_sent": 0}
+
+    def spawn(self, *cmd: str, log: str) -> subprocess.Popen[bytes]:
+        out = open(self.workdir / log, "wb")
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    async def start(self) -> subprocess.Popen[bytes]:
+        from fleetbridge.plugins import load_plugins
+
+        platforms = load_plugins().platforms
+        chosen = [p for p in self.args.platforms.split(",") if p in platforms and p in CREDENTIALS]
+        self.summary["platforms"] = chosen
+        per = max(1, self.args.devices // len(chosen))
+        self.broker = free_port()
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(f"listener {self.broker} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n")
+        self.spawn(shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf), log="mosquitto.log")
+        accounts = []
+        for name in chosen:
+            port = self.sims[name] = free_port()
+            creds = [f"--credential={k}={v}" for k, v in CREDENTIALS[name].items()]
+            self.spawn(sys.executable, "-m", "fleetbridge", "simulate", name, "--devices", str(per), "--port",
+                       str(port), *creds, log=f"sim-{name}.log")
+            cls = platforms[name]
+            accounts.append({"platform": name, "name": f"Soak {name}", "base_url": f"http://127.0.0.1:{port}",
+                             **CREDENTIALS[name], "scan_interval": self.args.scan_interval,
+                             "rate_limits": {kind: 0 for kind in cls.RATE_LIMITS}, "timeout": 10})
+        for port in [self.broker, *self.sims.values()]:
+            await wait_port(port)
+        self.config = self.workdir / "config.yaml"
+        self.config.write_text(yaml.safe_dump({
+            "mqtt": {"host": "127.0.0.1", "port": self.broker, "base_topic": "soak"},
+            "storage": str(self.workdir / "soak.db"), "accounts": accounts}))
+        return self.spawn(sys.executable, "-m", "fleetbridge", "run", "--no-live", "-c", str(self.config),
+                          log="bridge.log")
+
+    async def record(self) -> None:
+        async with aiomqtt.Client("127.0.0.1", self.broker, identifier="soak-recorder") as client:
+            await client.subscribe("soak/#", qos=1)
+            async for msg in client.messages:
+                topic = str(msg.topic)
+                self.latest[topic] = bytes(msg.payload)
+                if topic.endswith("/result"):
+                    self.results.setdefault(topic, []).append(json.loads(msg.payload)["status"])
+
+    async def fault(self, session: aiohttp.ClientSession) -> None:
+        name, port = random.choice(sorted(self.sims.items()))
+        fault = random.choice(FAULTS)
+        self.summary["faults"].append({"at": round(time.monotonic() - self.t0), "platform": name, **fault})
+        async with session.post(f"http://127.0.0.1:{port}/_sim/faults", json=fault) as resp:
+            resp.raise_for_status()
+
+    async def clear_faults(self, session: aiohttp.ClientSession) -> None:
+        for port in self.sims.values():
+            async with session.post(f"http://127.0.0.1:{port}/_sim/faults?reset=1", json={}) as resp:
+                resp.raise_for_status()
+
+    async def press(self, client: aiomqtt.Client) -> None:
+        devices = json.loads(self.latest.get("soak/bridge/devices", b"[]"))
+        choices = [(d, s) for d in devices for s in d["services"] if s in HARMLESS]
+        if choices:
+            device, service = random.choice(choices)
+            await client.publish(f"soak/{device['account']}/{device['id']}/{service}/set", "PRESS", qos=1)
+            self.summary["commands_sent"] += 1
+
+    async def truth(self) -> dict[str, dict[str, Any]]:
+        """A fresh poll of every simulator with the platforms' own code (no MQTT)."""
+        from fleetbridge.bridge import Bridge
+        from fleetbridge.config import MqttConfig, load_config
+        from fleetbridge.plugins import load_plugins, unavailable_platforms
+
+        registry = load_plugins()
+        config = load_config(self.config, registry.platforms, unavailable_platforms(registry))
+        config = replace(config, mqtt=MqttConfig(), storage=self.workdir / "truth.db")
+        bridge = Bridge(config, registry)
+        states: dict[str, dict[str, Any]] = {}
+        for acc in bridge.accounts.values():
+            await acc.open(retry=False)
+            await acc.discover_once()
+            await acc.poll()
+            for dev in acc.devices.values():
+                states[f"soak/{acc.id}/{dev.slug}/state"] = dev.state
+            await acc.close()
+        bridge.store.close()
+        return states
+
+    async def run(self) -> dict[str, Any]:
+        bridge = await self.start()
+        recorder = asyncio.create_task(self.record())
+        self.t0 = time.monotonic()
+        end = self.t0 + self.args.duration
+        next_fault = self.t0 + self.args.fault_every
+        async with aiohttp.ClientSession() as session, \
+                aiomqtt.Client("127.0.0.1", self.broker, identifier="soak-presser") as presser:
+            while time.monotonic() < end:
+                await asyncio.sleep(self.args.sample)
+                now = time.monotonic()
+                self.summary["memory_mb"].append([round(now - self.t0), round(rss_mb(bridge.pid), 1)])
+                states = sum(1 for t in self.latest if t.endswith("/state"))
+                print(f"{now - self.t0:7.0f} s  rss {self.summary['memory_mb'][-1][1]:7.1f} MB  "
+                      f"states {states}  faults {len(self.summary['faults'])}", flush=True)
+                if now >= next_fault:
+                    await self.clear_faults(session)
+                    await self.fault(session)
+                    await self.press(presser)
+                    next_fault = now + self.args.fault_every
+            await self.clear_faults(session)
+            await asyncio.sleep(self.args.scan_interval * 3 + 5)
+        truth = await self.truth()
+        mismatched = []
+        for topic, state in truth.items():
+            published = json.loads(self.latest.get(topic) or b"{}")
+            keys = (set(state) | set(published)) - VOLATILE
+            stable = [k for k in keys if isinstance(state.get(k), (bool, str)) or state.get(k) is None]
+            if any(published.get(k) != state.get(k) for k in stable):
+                mismatched.append(topic)
+        info = json.loads(self.latest.get("soak/bridge/info", b"{}"))
+        answered = sum(1 for statuses in self.results.values()
+                       for s in statuses if s in ("success", "failed", "timeout", "rejected"))
+        memory = [m for _, m in self.summary["memory_mb"]]
+        half = memory[len(memory) // 2:] or memory
+        self.summary.update({
+            "duration_s": self.args.duration, "devices": len(truth),
+            "memory_start_mb": memory[0] if memory else None, "memory_end_mb": memory[-1] if memory else None,
+            "memory_max_mb": max(memory, default=None),
+            "memory_second_half_growth_mb": round(half[-1] - half[0], 1) if half else None,
+            "errors": {aid: acc.get("errors") for aid, acc in info.get("accounts", {}).items()},
+            "account_status": {aid: acc.get("status") for aid, acc in info.get("accounts", {}).items()},
+            "commands_answered": answered, "commands_lost": self.summary["commands_sent"] - answered,
+            "states_compared": len(truth), "states_mismatched": len(mismatched), "mismatched": mismatched[:20],
+        })
+        bridge.send_signal(signal.SIGTERM)
+        bridge.wait(30)
+        recorder.cancel()
+        return self.summary
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=1800, help="seconds (default 1800)")
+    parser.add_argument("--devices", type=int, default=10_000, help="devices over all platforms")
+    parser.add_argument("--platforms", default=",".join(CREDENTIALS))
+    parser.add_argument("--scan-interval", type=float, default=30)
+    parser.add_argument("--fault-every", type=float, default=60, help="seconds between fault switches")
+    parser.add_argument("--sample", type=float, default=10, help="seconds between memory samples")
+    parser.add_argument("--json", help="also write the summary here")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="fleetbridge-soak-"))
+    soak = Soak(args, workdir)
+    try:
+        summary = asyncio.run(soak.run())
+    finally:
+        soak.stop()
+    summary["logs"] = str(workdir)
+    text = json.dumps(summary, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text)
+    return 0 if summary["commands_lost"] == 0 and summary["states_mismatched"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
