@@ -82,6 +82,9 @@ class AccountContextImpl:
     def resolve_call(self, vendor_ref: str, status: str, detail: str = "") -> bool:
         return self._account.resolve_call(vendor_ref, status, detail)
 
+    def request_poll(self) -> None:
+        self._account.poll_now.set()
+
 
 def _session(config: dict[str, Any]) -> aiohttp.ClientSession:
     if config.get("verify_tls", True):
@@ -121,6 +124,7 @@ class Account:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._discovered_at = 0.0
         self.ready = asyncio.Event()
+        self.poll_now = asyncio.Event()  # set by the platform (ctx.request_poll) to poll before the interval
 
     # -- status -----------------------------------------------------------------------------------
     @property
@@ -330,7 +334,11 @@ class Account:
                 self.failures = 0
                 self._set_status("ok")
                 self.ready.set()
-                await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+                self.poll_now.clear()
+                try:
+                    await asyncio.wait_for(self.poll_now.wait(), max(0.0, interval - (time.monotonic() - started)))
+                except asyncio.TimeoutError:
+                    pass
             except VendorError as err:
                 attempt += 1
                 delay = self._failed(err, attempt)
@@ -441,9 +449,9 @@ class Account:
                 _LOGGER.exception("%s/%s: %s failed unexpectedly", self.id, dev.slug, service)
                 result = ServiceResult(status="failed", detail=f"internal error: {type(err).__name__}")
         detail = redact.redact(result.detail)
-        if result.status == "pending":  # the platform finishes it later (resolve_call)
-            store.journal_update(entry, "pending", detail)
-            self.bridge.service_result(self, dev, service, "pending", detail)
+        if result.status == "pending":  # the platform finishes it later (resolve_call), maybe already has
+            if store.journal_update(entry, "pending", detail, only_open=True):
+                self.bridge.service_result(self, dev, service, "pending", detail)
             return ServiceResult(status="pending", detail=detail)
         store.journal_update(entry, result.status, detail)
         self.bridge.service_result(self, dev, service, result.status, detail)

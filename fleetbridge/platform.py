@@ -156,7 +156,11 @@ class AccountContext(Protocol):
 
     def resolve_call(self, vendor_ref: str, status: str, detail: str = "") -> bool:
         """Finish a call that :meth:`Platform.async_call` left ``pending`` (a carrier order, a SIM
-        state change confirmed by a later poll). Publishes the result; False if no call is open."""
+        state change confirmed by a later poll). Publishes the result; False if no call is open.
+        Safe to call before ``async_call`` has returned."""
+
+    def request_poll(self) -> None:
+        """Poll the account now instead of at the end of the interval (e.g. an order completed)."""
 
 
 class Platform:

@@ -126,10 +126,15 @@ class Store:
             "VALUES (?, ?, ?, ?, ?, 'received', ?, ?)",
             (account, device, service, json.dumps(params), source, now, now)).lastrowid
 
-    def journal_update(self, entry: int, status: str, detail: str = "", vendor_ref: str | None = None) -> None:
-        self.db.execute(
-            "UPDATE journal SET status=?, detail=?, vendor_ref=COALESCE(?, vendor_ref), updated_at=? WHERE id=?",
-            (status, detail, vendor_ref, time.time(), entry))
+    def journal_update(self, entry: int, status: str, detail: str = "", vendor_ref: str | None = None,
+                       *, only_open: bool = False) -> bool:
+        """Record a call's progress; with ``only_open``, only while it has no final result. True if written."""
+        sql = "UPDATE journal SET status=?, detail=?, vendor_ref=COALESCE(?, vendor_ref), updated_at=? WHERE id=?"
+        args: tuple[Any, ...] = (status, detail, vendor_ref, time.time(), entry)
+        if only_open:
+            sql += " AND status IN (?, ?)"
+            args += OPEN_STATUSES
+        return self.db.execute(sql, args).rowcount > 0
 
     def journal_pending(self, account: str) -> list[dict[str, Any]]:
         rows = self.db.execute(
