@@ -16,6 +16,8 @@ from .services import CONTROLS, SERVICE_BY_NAME
 
 ORIGIN = {"name": "fleetbridge", "sw": __version__}
 BOOL_PAYLOADS = {"pl_on": "True", "pl_off": "False"}
+#: the entity that carries the free-form ``attributes`` of a device, first present wins
+ATTRIBUTE_HOLDERS = ("online", "sim_state", "line_status", "lifecycle_state", "comm_status")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -76,7 +78,8 @@ def _state_components(node: str, state_topic: str, keys: frozenset[str]) -> dict
             comp["en"] = False
         comps[desc.key] = comp
     if "attributes" in keys:
-        holder = comps.get("online") or comps.get("sim_state") or comps.get("line_status")
+        holder = next((comps[k] for k in ATTRIBUTE_HOLDERS if k in comps),
+                      next((c for c in comps.values() if c["p"] in ("sensor", "binary_sensor")), None))
         if holder is not None:
             holder["json_attr_t"] = state_topic
             holder["json_attr_tpl"] = "{{ value_json.get('attributes', {}) | tojson }}"

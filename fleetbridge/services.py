@@ -82,10 +82,12 @@ SERVICES: tuple[ServiceDescription, ...] = (
         params=vol.Schema({vol.Required("note"): vol.All(str, vol.Length(max=1000))}),
         entity_category="config", icon="mdi:note-text",
     ),
-    ServiceDescription(name="add_label", title="Add label", component=None, text_param="label",
-                       params=vol.Schema({vol.Required("label"): Text})),
-    ServiceDescription(name="remove_label", title="Remove label", component=None, text_param="label",
-                       params=vol.Schema({vol.Required("label"): Text})),
+    ServiceDescription(name="add_label", title="Add label", component="text", text_param="label",
+                       params=vol.Schema({vol.Required("label"): Text}), icon="mdi:label-outline",
+                       entity_category="config"),
+    ServiceDescription(name="remove_label", title="Remove label", component="text", text_param="label",
+                       params=vol.Schema({vol.Required("label"): Text}), icon="mdi:label-off-outline",
+                       entity_category="config"),
     ServiceDescription(
         name="create_geofence", title="Create geofence", component=None,
         params=vol.Schema({

@@ -21,7 +21,7 @@ def render() -> str:
     lines = [HEAD, "## State keys", "", "| key | type | unit | Home Assistant entity | notes |", "|---|---|---|---|---|"]
     for k in STATE_KEYS:
         if k.key == "attributes":
-            entity = "JSON attributes of the `online` (or `sim_state`, `line_status`) entity"
+            entity = "JSON attributes of the `online` entity (else `sim_state`, `line_status`, ...)"
         else:
             entity = k.component or "device_tracker (location)"
         notes = [f"device_class {k.device_class}"] if k.device_class else []
