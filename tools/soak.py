@@ -133,7 +133,9 @@ class Soak:
 
     async def fault(self, session: aiohttp.ClientSession) -> None:
         name, port = random.choice(sorted(self.sims.items()))
-        fault = random.choice(FAULTS)
+        async with session.get(f"http://127.0.0.1:{port}/_sim/faults") as resp:
+            supported = await resp.json()
+        fault = random.choice([f for f in FAULTS if set(f) <= set(supported)])
         self.summary["faults"].append({"at": round(time.monotonic() - self.t0), "platform": name, **fault})
         async with session.post(f"http://127.0.0.1:{port}/_sim/faults", json=fault) as resp:
             resp.raise_for_status()
