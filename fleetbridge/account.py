@@ -427,7 +427,11 @@ class Account:
         entry = store.journal_open(self.id, dev.slug, service, params, source)
         _LOGGER.info("%s/%s: %s requested (%s)", self.id, dev.slug, service, source)
 
+        announced = False
+
         async def pending(detail: str = "", vendor_ref: str | None = None) -> None:
+            nonlocal announced
+            announced = True
             store.journal_update(entry, "pending", detail, vendor_ref)
             self.bridge.service_result(self, dev, service, "pending", detail)
 
@@ -450,7 +454,7 @@ class Account:
                 result = ServiceResult(status="failed", detail=f"internal error: {type(err).__name__}")
         detail = redact.redact(result.detail)
         if result.status == "pending":  # the platform finishes it later (resolve_call), maybe already has
-            if store.journal_update(entry, "pending", detail, only_open=True):
+            if store.journal_update(entry, "pending", detail, only_open=True) and not announced:
                 self.bridge.service_result(self, dev, service, "pending", detail)
             return ServiceResult(status="pending", detail=detail)
         store.journal_update(entry, result.status, detail)

@@ -69,7 +69,8 @@ SERVICES: tuple[ServiceDescription, ...] = (
     ServiceDescription(name="sim_suspend", title="Suspend SIM", dangerous=True, icon="mdi:sim-off",
                        entity_category="config"),
     ServiceDescription(name="sim_restore", title="Restore SIM", icon="mdi:sim", entity_category="config"),
-    ServiceDescription(name="locate", title="Locate", icon="mdi:crosshairs-gps"),
+    # billed per call by the carrier: off unless enabled, like the dangerous ones
+    ServiceDescription(name="locate", title="Locate", icon="mdi:crosshairs-gps", dangerous=True),
     ServiceDescription(
         name="set_usage_limit", title="Set usage limit", component=None, text_param="limit_mb",
         params=vol.Schema({vol.Required("limit_mb"): vol.All(Number, vol.Range(min=0))}),

@@ -31,6 +31,11 @@ def test_press_payloads(payload: bytes, expected: dict) -> None:
     assert parse_payload(SERVICE_BY_NAME["reboot"], payload) == expected
 
 
+def test_dangerous_and_billed_services_are_off_unless_enabled() -> None:
+    off = {s.name for s in SERVICES if s.dangerous}
+    assert off == {"engine_stop", "unlock_doors", "sim_suspend", "terminate", "locate"}
+
+
 def test_value_payloads() -> None:
     assert parse_payload(SERVICE_BY_NAME["set_odometer"], b"1234.5") == {"odometer": 1234.5}
     assert parse_payload(SERVICE_BY_NAME["set_odometer"], b'{"odometer": "12"}') == {"odometer": 12.0}
