@@ -169,3 +169,13 @@ def test_docs_cover_every_key_service_and_hook() -> None:
     for name in dir(hookspecs):
         if name.startswith("fleetbridge_"):
             assert name in plugins, name
+
+
+def test_configuration_reference_is_generated_and_complete() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("config_doc", DOCS.parent / "tools" / "config_doc.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.missing_descriptions() == []
+    assert (DOCS / "configuration.md").read_text() == module.render(), "run python3 tools/config_doc.py"

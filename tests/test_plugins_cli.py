@@ -165,7 +165,8 @@ def test_bad_config_exits_2_with_file_and_line(tmp_path: Path, body: str, expect
 def test_example_config_is_valid() -> None:
     out = fleetbridge("check-config", "-c", str(Path(__file__).parent.parent / "config.example.yaml"))
     assert out.returncode == 0, out.stderr
-    assert "demo_trackers" in out.stdout
+    assert all(acc in out.stdout for acc in ("demo_trackers", "demo_sims", "demo_gateways", "demo_inventory",
+                                             "demo_handsets"))
 
 
 def test_help_everywhere() -> None:
@@ -264,10 +265,19 @@ async def test_readme_one_command_runs_the_example(tmp_path: Path, recorder_fact
             log += line
         port = int(re.search(rb"127\.0\.0\.1:(\d+)", log.splitlines()[-1]).group(1))
         rec = await recorder_factory(port, ["fleetbridge/#", "homeassistant/#"])
-        await rec.wait_for(lambda: len([t for t in rec.latest if t.endswith("/state")
-                                        and t.startswith("fleetbridge/demo_trackers/")]) >= 9, timeout=30,
-                           what="the demo fleet's states")
-        assert len([t for t in rec.latest if t.startswith("homeassistant/device/demo_trackers_")]) == 10
+        platforms = {"opengps", "lattigo", "amm", "airvantage", "tangoe"}
+
+        def every_platform_published() -> bool:
+            devices = json.loads(rec.latest.get("fleetbridge/bridge/devices", b"[]"))
+            states = {t.rsplit("/", 1)[0] for t in rec.latest if t.endswith("/state") and rec.latest[t]}
+            return {d["platform"] for d in devices} == platforms and all(
+                f"fleetbridge/{d['account']}/{d['id']}" in states for d in devices)
+
+        await rec.wait_for(every_platform_published, timeout=60, what="devices and states of all five platforms")
+        devices = json.loads(rec.latest["fleetbridge/bridge/devices"])
+        assert all(f"homeassistant/device/{d['account']}_{d['id']}/config" in rec.latest for d in devices)
+        await rec.wait_for(lambda: {a["status"] for a in json.loads(rec.latest["fleetbridge/bridge/info"])
+                                    ["accounts"].values()} == {"ok"}, what="every account ok")
     finally:
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.communicate(), 20)

@@ -7,6 +7,7 @@ the reference cannot drift; a test fails when this file is stale or a key has no
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,30 @@ running. `config.example.yaml` is a complete example that runs out of the box.
 """
 
 
+def _yaml(value: Any) -> str:
+    """A default as it would be written in the YAML file."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value if not isinstance(value, tuple) else list(value))
+    return str(value)
+
+
 def _default(marker: Any) -> str:
     default = getattr(marker, "default", vol.UNDEFINED)
     if default is vol.UNDEFINED:
         return "required" if isinstance(marker, vol.Required) else ""
-    value = default() if callable(default) else default
-    return f"`{value}`" if value not in ({}, [], "") else ""
+    value = default() if callable(default) else default  # voluptuous wraps plain defaults in a lambda
+    return f"`{_yaml(value)}`" if value != "" else ""
+
+
+def _cell(text: str) -> str:
+    """Table-safe: a ``|`` (even inside a code span) would end the cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def rows(schema: vol.Schema, skip: set[str] | None = None) -> list[str]:
@@ -41,7 +60,8 @@ def rows(schema: vol.Schema, skip: set[str] | None = None) -> list[str]:
         key = str(marker.schema)
         if skip and key in skip:
             continue
-        out.append(f"| `{key}` | {_default(marker)} | {getattr(marker, 'description', None) or ''} |")
+        description = _cell(getattr(marker, "description", None) or "")
+        out.append(f"| `{key}` | {_cell(_default(marker))} | {description} |")
     return out
 
 

@@ -137,22 +137,45 @@ class LattigoPlatform(Platform):
     title = "OptConnect Lattigo"
     manufacturer = "OptConnect"
     CONFIG_SCHEMA = BASE_ACCOUNT_SCHEMA.extend({
-        vol.Optional("base_url", default=DEFAULT_BASE_URL): _url,
-        vol.Required("key_name"): NON_EMPTY,
-        vol.Required("api_key"): NON_EMPTY,
-        vol.Optional("page_size", default=500): vol.All(vol.Coerce(int), vol.Range(min=1, max=10_000)),
-        vol.Optional("usage_interval", default=3600.0): SECONDS,
-        vol.Optional("report_interval", default=900.0): SECONDS,
-        vol.Optional("plan_interval", default=86400.0): SECONDS,
-        vol.Optional("batch_window", default=0.5): vol.All(vol.Coerce(float), vol.Range(min=0, max=10)),
-        vol.Optional("max_batch", default=100): vol.All(vol.Coerce(int), vol.Range(min=1, max=1000)),
-        vol.Optional("sim_state_timeout", default=1800.0): vol.All(vol.Coerce(float), vol.Range(min=1)),
-        vol.Optional("sim_check_interval", default=60.0): vol.All(vol.Coerce(float), vol.Range(min=0.05)),
-        vol.Optional("sms_status_interval", default=10.0): vol.All(vol.Coerce(float), vol.Range(min=0)),
-        vol.Optional("sms_status_attempts", default=6): vol.All(vol.Coerce(int), vol.Range(min=0, max=100)),
-        vol.Optional("note_field", default="note"): vol.In(NOTE_FIELDS),
-        vol.Optional("usage_limit_usernames", default=list): [NON_EMPTY],
-        vol.Optional("terminate_max_etf"): vol.All(vol.Coerce(float), vol.Range(min=0)),
+        vol.Optional("base_url", default=DEFAULT_BASE_URL, description="the Lattigo API host"): _url,
+        vol.Required("key_name", description="the API key's name (the HTTP Basic user name)"): NON_EMPTY,
+        vol.Required("api_key", description="the API key (use !secret)"): NON_EMPTY,
+        vol.Optional("page_size", default=500,
+                     description="devices per page asked for (`per_page`); the server may give fewer"):
+            vol.All(vol.Coerce(int), vol.Range(min=1, max=10_000)),
+        vol.Optional("usage_interval", default=3600.0,
+                     description="seconds between a device's daily and monthly usage fetches (2 requests); "
+                                 "0 = off"): SECONDS,
+        vol.Optional("report_interval", default=900.0,
+                     description="seconds between a device's `device_reports` fetches (position, battery, "
+                                 "radio); 0 = off"): SECONDS,
+        vol.Optional("plan_interval", default=86400.0,
+                     description="seconds between rate plan fetches (for `data_allowance_used`); 0 = off"): SECONDS,
+        vol.Optional("batch_window", default=0.5,
+                     description="seconds: calls of one operation within it go out as one request"):
+            vol.All(vol.Coerce(float), vol.Range(min=0, max=10)),
+        vol.Optional("max_batch", default=100, description="devices (`device_names`) per batched request"):
+            vol.All(vol.Coerce(int), vol.Range(min=1, max=1000)),
+        vol.Optional("sim_state_timeout", default=1800.0,
+                     description="seconds: a SIM suspend/restore not seen in the device list by then is a timeout"):
+            vol.All(vol.Coerce(float), vol.Range(min=1)),
+        vol.Optional("sim_check_interval", default=60.0,
+                     description="seconds between one-device checks of open SIM changes"):
+            vol.All(vol.Coerce(float), vol.Range(min=0.05)),
+        vol.Optional("sms_status_interval", default=10.0,
+                     description="seconds between SMS delivery-status looks (`get_sms`)"):
+            vol.All(vol.Coerce(float), vol.Range(min=0)),
+        vol.Optional("sms_status_attempts", default=6,
+                     description="delivery-status looks after send_sms (0: none, the call ends at queued)"):
+            vol.All(vol.Coerce(int), vol.Range(min=0, max=100)),
+        vol.Optional("note_field", default="note",
+                     description="the field set_note writes: note, note1, note2 or note3"): vol.In(NOTE_FIELDS),
+        vol.Optional("usage_limit_usernames", default=list,
+                     description="Lattigo user names sent as `usernames` with set_usage_limit (from /v2/users)"):
+            [NON_EMPTY],
+        vol.Optional("terminate_max_etf",
+                     description="terminate is refused when the early-termination fee is above this "
+                                 "(or unknown); unset: no cap"): vol.All(vol.Coerce(float), vol.Range(min=0)),
     })
     SECRET_KEYS = ("api_key",)
     RATE_LIMITS = {

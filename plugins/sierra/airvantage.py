@@ -110,14 +110,23 @@ class AirVantagePlatform(Platform):
     title = "Sierra Wireless AirVantage"
     manufacturer = MANUFACTURER
     CONFIG_SCHEMA = BASE_ACCOUNT_SCHEMA.extend({
-        vol.Optional("base_url", default=DEFAULT_BASE_URL): url,
+        vol.Optional("base_url", default=DEFAULT_BASE_URL,
+                     description="the AirVantage region, e.g. https://eu.airvantage.net"): url,
         **CREDENTIAL_SCHEMA,
-        vol.Optional("company"): vol.All(str, vol.Length(min=1)),
-        vol.Optional("criteria", default=dict): CRITERIA_SCHEMA,
-        vol.Optional("page_size", default=100): vol.All(vol.Coerce(int), vol.Range(min=1, max=500)),
-        vol.Optional("note_key", default="note"): vol.All(str, vol.Length(min=1, max=100)),
-        vol.Optional("operation_poll_interval", default=5.0): _seconds(0.01, 600),
-        vol.Optional("operation_timeout", default=120.0): _seconds(0.1, 540),
+        vol.Optional("company", description="uid of another (partner) company to act in"):
+            vol.All(str, vol.Length(min=1)),
+        vol.Optional("criteria", default=dict,
+                     description="gateway filter: {labels (any of), type, states, assigned, metadata}"):
+            CRITERIA_SCHEMA,
+        vol.Optional("page_size", default=100, description="gateways per listing page"):
+            vol.All(vol.Coerce(int), vol.Range(min=1, max=500)),
+        vol.Optional("note_key", default="note", description="the metadata key set_note writes"):
+            vol.All(str, vol.Length(min=1, max=100)),
+        vol.Optional("operation_poll_interval", default=5.0, description="seconds between operation checks"):
+            _seconds(0.01, 600),
+        vol.Optional("operation_timeout", default=120.0,
+                     description="seconds an operation is followed inside the call; then in the background"):
+            _seconds(0.1, 540),
     })
     SECRET_KEYS = SECRET_KEYS
     RATE_LIMITS: ClassVar[dict[str, RateLimit]] = {"auth": RateLimit(), "api": RateLimit(min_interval=0.2)}

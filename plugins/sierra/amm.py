@@ -75,14 +75,27 @@ class AmmPlatform(Platform):
     title = "Sierra Wireless AirLink Mobility Manager"
     manufacturer = MANUFACTURER
     CONFIG_SCHEMA = BASE_ACCOUNT_SCHEMA.extend({
-        vol.Optional("base_url"): url,  # required unless `simulator` (checked in async_setup)
+        # required unless `simulator` (checked in async_setup)
+        vol.Optional("base_url", description="the AMM server, e.g. https://amm.example.com; required unless "
+                                             "`simulator`"): url,
         **CREDENTIAL_SCHEMA,
-        vol.Optional("data_ids", default=dict): DATA_IDS_SCHEMA,
-        vol.Optional("staleness", default=604800.0): _positive(float, 0, 10 * 365 * 86400),
-        vol.Optional("group_rate_limit", default=360): _positive(int, 1, 99_999),
-        vol.Optional("system_rate_limit", default=10_000): _positive(int, 1, 1_000_000),
-        vol.Optional("budget_share", default=0.9): _positive(float, 0.05, 1.0),
-        vol.Optional("batch_size", default=100): _positive(int, 1, 1000),
+        vol.Optional("data_ids", default=dict,
+                     description="`{AMM id: canonical key | attributes.<name> | {key, scale} | null}` merged over "
+                                 "the default ids (null drops one)"): DATA_IDS_SCHEMA,
+        vol.Optional("staleness", default=604800.0,
+                     description="seconds: live values older than this are left out (0 = keep all)"):
+            _positive(float, 0, 10 * 365 * 86400),
+        vol.Optional("group_rate_limit", default=360,
+                     description="requests/hour the owner group may make (AMM API Group Usage Control)"):
+            _positive(int, 1, 99_999),
+        vol.Optional("system_rate_limit", default=10_000, description="AMM's system-wide requests/hour"):
+            _positive(int, 1, 1_000_000),
+        vol.Optional("budget_share", default=0.9,
+                     description="share of the smaller of the two limits this bridge may use"):
+            _positive(float, 0.05, 1.0),
+        vol.Optional("batch_size", default=100,
+                     description="most gateways per group request (AMM's aggregation limit)"):
+            _positive(int, 1, 1000),
     })
     SECRET_KEYS = SECRET_KEYS
     #: every /api/v1 request counts against the owner group's 360/h; the platform plans below it

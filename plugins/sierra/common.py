@@ -38,10 +38,10 @@ Text = vol.All(str, vol.Length(min=1))
 
 #: The OAuth keys of design.md, shared by both platforms.
 CREDENTIAL_SCHEMA: dict[Any, Any] = {
-    vol.Required("client_id"): Text,
-    vol.Required("client_secret"): Text,
-    vol.Required("username"): Text,
-    vol.Required("password"): Text,
+    vol.Required("client_id", description="the OAuth API client's id (created in AMM / AirVantage)"): Text,
+    vol.Required("client_secret", description="the API client's secret (use !secret)"): Text,
+    vol.Required("username", description="the API user (give it only the privileges it needs)"): Text,
+    vol.Required("password", description="its password (use !secret)"): Text,
 }
 SECRET_KEYS = ("client_secret", "password")
 

@@ -93,21 +93,34 @@ class TangoePlatform(Platform):
     name = "tangoe"
     title = "Tangoe Mobile Procurement (MobProc)"
     CONFIG_SCHEMA = BASE_ACCOUNT_SCHEMA.extend({
-        vol.Optional("base_url"): _url,  # required unless `simulator` (checked in async_setup)
-        vol.Optional("token_url"): _url,  # likewise
-        vol.Required("tenant"): _TEXT,
-        vol.Required("client_id"): _TEXT,
-        vol.Required("client_secret"): vol.All(str, vol.Length(min=1)),
-        vol.Required("username"): _TEXT,
-        vol.Required("password"): vol.All(str, vol.Length(min=1)),
-        vol.Optional("scope", default="MOBPROC"): _TEXT,
-        vol.Optional("context_employee_id"): str,
-        vol.Optional("context_company_employee_id"): str,
-        vol.Optional("hierarchy_id"): str,
-        vol.Optional("page_size", default=100): vol.All(vol.Coerce(int), vol.Range(min=1, max=1000)),
-        vol.Optional("max_pages", default=1000): vol.All(vol.Coerce(int), vol.Range(min=1, max=100_000)),
-        vol.Optional("order_properties", default=dict): {str: vol.Coerce(str)},
-        vol.Optional("order_timeout", default=14 * 86400.0): vol.All(vol.Coerce(float), vol.Range(min=60)),
+        # base_url and token_url: required unless `simulator` (checked in async_setup)
+        vol.Optional("base_url", description="your environment's MobProc API, e.g. "
+                                             "https://tngo-mobproc.cloudhub.io/mobproc/v1"): _url,
+        vol.Optional("token_url", description="the PingFederate token endpoint, `https://<sso host>/as/token.oauth2`"):
+            _url,
+        vol.Required("tenant", description="the tenant (header X-TNGO-TENANT)"): _TEXT,
+        vol.Required("client_id", description="the API client id (header `client_id` and the token request)"):
+            _TEXT,
+        vol.Required("client_secret", description="the client secret (use !secret)"): vol.All(str, vol.Length(min=1)),
+        vol.Required("username", description="service user, with its backend prefix: command:// (Premium Mobile), "
+                                             "rivermine://, none for Atlas"): _TEXT,
+        vol.Required("password", description="its password (use !secret)"): vol.All(str, vol.Length(min=1)),
+        vol.Optional("scope", default="MOBPROC", description="the OAuth scope"): _TEXT,
+        vol.Optional("context_employee_id",
+                     description="act for this employee (X-TNGO-CONTEXT-EMPLOYEEID; wins over the next)"): str,
+        vol.Optional("context_company_employee_id",
+                     description="act for this company employee id (X-TNGO-CONTEXT-COMPANYEMPLOYEEID)"): str,
+        vol.Optional("hierarchy_id", description="header X-TNGO-CONTEXT-HIERARCHYID"): str,
+        vol.Optional("page_size", default=100, description="`limit` of every collection request"):
+            vol.All(vol.Coerce(int), vol.Range(min=1, max=1000)),
+        vol.Optional("max_pages", default=1000, description="most pages read per collection sweep (a guard)"):
+            vol.All(vol.Coerce(int), vol.Range(min=1, max=100_000)),
+        vol.Optional("order_properties", default=dict,
+                     description="{property id: value} for order properties the carrier requires, "
+                                 "e.g. CONTACT_NUMBER"): {str: vol.Coerce(str)},
+        vol.Optional("order_timeout", default=14 * 86400.0,
+                     description="seconds: a placed order still open after this is a timeout"):
+            vol.All(vol.Coerce(float), vol.Range(min=60)),
     })
     SECRET_KEYS = ("password", "client_secret")
     RATE_LIMITS = {kind: RateLimit() for kind in ("token", "me", "list", "detail", "orders", "order_write")}
