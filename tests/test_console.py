@@ -147,5 +147,5 @@ async def test_run_on_a_terminal_draws_the_status_block(tmp_path: Path) -> None:
     out = term.out
     text = out.decode(errors="replace")
     assert code == 0, text[-3000:]
-    assert "fleetbridge running: 1 account(s)" in text  # the log lines still print, above the block
+    assert "fleetbridge running: 5 account(s)" in text  # the log lines still print, above the block
     assert "demo-password" not in text
