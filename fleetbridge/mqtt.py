@@ -14,7 +14,6 @@ import random
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import aiomqtt
 

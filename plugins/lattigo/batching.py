@@ -66,7 +66,8 @@ class Coalescer:
             try:
                 results = await batch.send(names)
             except Exception as err:  # the request failed for every device of the batch
-                _settle(batch, lambda future: future.set_exception(err))
+                failure = err
+                _settle(batch, lambda future: future.set_exception(failure))
                 return
             for name, futures in batch.waiters.items():
                 for future in futures:

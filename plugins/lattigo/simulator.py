@@ -43,6 +43,8 @@ from typing import Any
 
 from aiohttp import web
 
+from fleetbridge.simkit import HTML_PAGE, FaultSwitches
+
 __all__ = ["ApiError", "Faults", "SimDevice", "Simulator", "create_app", "RATE_PLANS", "CARRIERS", "ROUTES"]
 
 DAY = 86400
@@ -196,7 +198,7 @@ PUBLIC_DEVICE_FIELDS = tuple(f.name for f in fields(SimDevice) if not f.name.sta
 
 
 @dataclass
-class Faults:
+class Faults(FaultSwitches):
     """Switchable faults for the ``/v2/*`` endpoints.
 
     ``rate_limit``, ``http_500``, ``html_error`` and ``malformed_json`` take an int N (fire on the next N requests)
@@ -206,39 +208,7 @@ class Faults:
     """
 
     rate_limit: int | float = 0
-    http_500: int | float = 0
-    html_error: int | float = 0
-    malformed_json: int | float = 0
-    slow: float = 0.0
-    html_status: int = 502
     retry_after: float = 0.0
-
-    def fire(self, name: str, rng: random.Random) -> bool:
-        """Whether fault ``name`` fires for this request (consuming one count)."""
-        value = getattr(self, name)
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int):
-            if value > 0:
-                setattr(self, name, value - 1)
-                return True
-            return False
-        return value > 0 and rng.random() < value
-
-    def update(self, values: dict[str, Any]) -> None:
-        """Set fields from a dict, rejecting unknown names and non-numeric values."""
-        names = {f.name for f in fields(self)}
-        for key, value in values.items():
-            if key not in names or not isinstance(value, int | float):
-                raise ValueError(f"bad fault {key}={value!r}")
-        for key, value in values.items():
-            setattr(self, key, value)
-
-    def reset(self) -> None:
-        self.update({f.name: f.default for f in fields(self)})
-
-    def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 # ---------------------------------------------------------------------------------------------- the simulator
@@ -944,8 +914,6 @@ def _activation_errors(item: dict[str, Any], sim: Simulator, seen: set[str]) -> 
 
 PARAMS = web.RequestKey("params", dict)
 CALLER = web.RequestKey("caller", str)
-_HTML_PAGE = ("<html>\r\n<head><title>{status} Bad Gateway</title></head>\r\n<body>\r\n<center><h1>{status} Bad "
-              "Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
 
 
 class _Http:
@@ -1013,7 +981,7 @@ class _Http:
         if faults.fire("http_500", rng):
             return web.Response(status=500, text="Internal Server Error", content_type="text/plain")
         if faults.fire("html_error", rng):
-            page = _HTML_PAGE.format(status=faults.html_status)
+            page = HTML_PAGE.format(status=faults.html_status)
             return web.Response(status=faults.html_status, text=page, content_type="text/html")
         if faults.fire("rate_limit", rng):
             return self._too_many(0)

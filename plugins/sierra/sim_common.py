@@ -21,17 +21,17 @@ import secrets
 import warnings
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from fleetbridge.simkit import HTML_PAGE, FaultSwitches
 
 from .clock import OffsetClock
 
 TOKEN_PATH = "/api/oauth/token"
 JSON_TYPE = "application/json;charset=UTF-8"
-HTML_PAGE = ("<html><head><title>{status} Bad Gateway</title></head><body><center><h1>{status} Bad Gateway"
-             "</h1></center><hr><center>nginx</center></body></html>")
 TRUNCATED = b'{"items":[{"uid":"4b89657f63aa'
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -48,41 +48,10 @@ class SimError(Exception):
 
 
 @dataclass
-class Faults:
+class Faults(FaultSwitches):
     """Switchable faults of the ``/api/*`` endpoints (see the module docstring)."""
 
-    http_500: int | float = 0
-    html_error: int | float = 0
-    malformed_json: int | float = 0
     rate_limit: int | float = 0
-    slow: float = 0.0
-    html_status: int = 502
-
-    def fire(self, name: str, rng: random.Random) -> bool:
-        """Whether fault ``name`` fires for this request (consuming one count)."""
-        value = getattr(self, name)
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int):
-            if value > 0:
-                setattr(self, name, value - 1)
-                return True
-            return False
-        return value > 0 and rng.random() < value
-
-    def update(self, values: dict[str, Any]) -> None:
-        names = {f.name for f in fields(self)}
-        for key, value in values.items():
-            if key not in names or not isinstance(value, int | float):
-                raise ValueError(f"bad fault {key}={value!r}")
-        for key, value in values.items():
-            setattr(self, key, value)
-
-    def reset(self) -> None:
-        self.update({f.name: f.default for f in fields(self)})
-
-    def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass

@@ -29,12 +29,14 @@ import time
 import warnings
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import count
 from typing import Any
 
 from aiohttp import web
+
+from fleetbridge.simkit import HTML_PAGE, FaultSwitches
 from yarl import URL
 
 __all__ = ["API_PREFIX", "TOKEN_PATH", "ApiError", "Faults", "Simulator", "create_app"]
@@ -108,8 +110,6 @@ CARRIER_RULES: dict[str, dict[str, tuple[tuple[str, ...], tuple[dict[str, Any], 
 }
 EMPLOYEE_CHOICE_FIELDS = frozenset({"USER", "HOLD_SERVICE"})
 
-_HTML_PAGE = ("<html><head><title>{status} Bad Gateway</title></head><body><center><h1>{status} Bad Gateway</h1>"
-              "</center><hr><center>nginx</center></body></html>")
 _TRUNCATED = '{"devices":[{"_meta":{"href":"https://tngo-mobproc.cloudhub.io/mobproc/v1/assets/devices/51'
 
 
@@ -184,7 +184,7 @@ class _Token:
 
 
 @dataclass
-class Faults:
+class Faults(FaultSwitches):
     """Switchable faults of the API (never of ``/_sim`` or the token service).
 
     Counters (``http_500``, ``html_error``, ``malformed_json``, ``token_expiry``, ``shift``,
@@ -196,41 +196,10 @@ class Faults:
     ``slow`` delays every answer (s); ``html_status`` is the status of the HTML page.
     """
 
-    http_500: int | float = 0
-    html_error: int | float = 0
-    malformed_json: int | float = 0
     token_expiry: int | float = 0
     shift: int | float = 0
     foreign_links: int | float = 0
     expire_in: int = 0
-    slow: float = 0.0
-    html_status: int = 502
-
-    def fire(self, name: str, rng: random.Random) -> bool:
-        """Whether fault ``name`` fires now (consuming one count)."""
-        value = getattr(self, name)
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int):
-            if value > 0:
-                setattr(self, name, value - 1)
-                return True
-            return False
-        return value > 0 and rng.random() < value
-
-    def update(self, values: dict[str, Any]) -> None:
-        names = {f.name for f in fields(self)}
-        for key, value in values.items():
-            if key not in names or not isinstance(value, int | float):
-                raise ValueError(f"bad fault {key}={value!r}")
-        for key, value in values.items():
-            setattr(self, key, value)
-
-    def reset(self) -> None:
-        self.update({f.name: f.default for f in fields(self)})
-
-    def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -680,7 +649,7 @@ class Http:
         if faults.fire("http_500", rng):
             return self.error(ApiError(500, "500-internal", "An unexpected error occurred."))
         if faults.fire("html_error", rng):
-            return web.Response(status=faults.html_status, text=_HTML_PAGE.format(status=faults.html_status),
+            return web.Response(status=faults.html_status, text=HTML_PAGE.format(status=faults.html_status),
                                 content_type="text/html")
         if faults.fire("malformed_json", rng):
             return web.Response(body=_TRUNCATED.encode(), content_type=JSON_TYPE)
