@@ -46,6 +46,7 @@ CREDENTIALS: dict[str, dict[str, str]] = {
     "tangoe": {"tenant": "soak", "client_id": "soak", "client_secret": "soak-secret", "username": "soak",
                "password": "soak-password"},
 }
+EXTRA: dict[str, dict[str, Any]] = {"amm": {"group_rate_limit": 99_999, "system_rate_limit": 99_999}}
 FAULTS = ({"rate_limit": 5}, {"http_500": 5}, {"html_error": 3}, {"malformed_json": 3}, {"slow": 5.0})
 HARMLESS = ("reboot", "engine_resume", "lock_doors")
 VOLATILE = {"gps_time", "last_seen"}  # advance with every answer: compared by the other keys
@@ -110,9 +111,12 @@ class Soak:
             self.spawn(sys.executable, "-m", "fleetbridge", "simulate", name, "--devices", str(per), "--port",
                        str(port), *creds, log=f"sim-{name}.log")
             cls = platforms[name]
-            accounts.append({"platform": name, "name": f"Soak {name}", "base_url": f"http://127.0.0.1:{port}",
-                             **CREDENTIALS[name], "scan_interval": self.args.scan_interval,
+            base = f"http://127.0.0.1:{port}"
+            accounts.append({"platform": name, "name": f"Soak {name}", "base_url": base,
+                             **CREDENTIALS[name], **EXTRA.get(name, {}).copy(), "scan_interval": self.args.scan_interval,
                              "rate_limits": {kind: 0 for kind in cls.RATE_LIMITS}, "timeout": 10})
+            if name == "tangoe":
+                accounts[-1]["token_url"] = f"{base}/as/token.oauth2"
         for port in [self.broker, *self.sims.values()]:
             await wait_port(port)
         self.config = self.workdir / "config.yaml"
@@ -196,14 +200,20 @@ class Soak:
                     next_fault = now + self.args.fault_every
             await self.clear_faults(session)
             await asyncio.sleep(self.args.scan_interval * 3 + 5)
-        truth = await self.truth()
+        # the worlds keep moving: a device matches when each stable key on the broker equals a fresh
+        # poll taken before or one taken after (the bridge's own last poll lies between the two)
+        before = await self.truth()
+        await asyncio.sleep(self.args.scan_interval + 5)
+        published = {t: json.loads(self.latest.get(t) or b"{}") for t in before}
+        after = await self.truth()
         mismatched = []
-        for topic, state in truth.items():
-            published = json.loads(self.latest.get(topic) or b"{}")
-            keys = (set(state) | set(published)) - VOLATILE
-            stable = [k for k in keys if isinstance(state.get(k), (bool, str)) or state.get(k) is None]
-            if any(published.get(k) != state.get(k) for k in stable):
+        for topic, first in before.items():
+            last = after.get(topic, {})
+            keys = (set(first) | set(last) | set(published[topic])) - VOLATILE
+            stable = [k for k in keys if isinstance(first.get(k, last.get(k)), (bool, str))]
+            if any(published[topic].get(k) not in (first.get(k), last.get(k)) for k in stable):
                 mismatched.append(topic)
+        truth = before
         info = json.loads(self.latest.get("soak/bridge/info", b"{}"))
         answered = sum(1 for statuses in self.results.values()
                        for s in statuses if s in ("success", "failed", "timeout", "rejected"))
