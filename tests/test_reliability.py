@@ -209,3 +209,57 @@ async def test_no_secret_leaks_under_faults(tmp_path: Path, broker: Any, sim: An
     for where, text in haystacks.items():
         leaked = [s for s in secrets if s in text]
         assert not leaked, f"{len(leaked)} secret(s) in the {where}"
+
+
+async def test_no_secret_leaks_on_any_platform(tmp_path: Path, broker: Any, unique: str, processes: Any,
+                                               recorder_factory: Any) -> None:
+    """Every platform at once, debug logs, faults switching: no configured password, API key or
+    client secret, and no bearer or query-string token, in the logs or on the broker."""
+    import re
+
+    from fleetbridge.plugins import load_plugins
+
+    from .test_fault_matrix import PLATFORMS
+
+    platforms = load_plugins().platforms
+    servers, sims, accounts = [], [], []
+    for name, creds in sorted(PLATFORMS.items()):
+        app = platforms[name].create_simulator(creds, 3, 4)
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        sims.append(app["sim"])
+        url = str(server.make_url("")).rstrip("/")
+        accounts.append({"platform": name, "name": name, "base_url": url, "scan_interval": 1, "timeout": 2,
+                         **creds, **({"token_url": f"{url}/as/token.oauth2"} if name == "tangoe" else {})})
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "mqtt": {"host": "127.0.0.1", "port": broker.port, "base_topic": f"sx{unique}", "client_id": f"sx-{unique}",
+                 "discovery_prefix": f"hasx{unique}"},
+        "storage": str(tmp_path / "fb.db"), "accounts": accounts}))
+    rec = await recorder_factory(broker.port, [f"sx{unique}/#", f"hasx{unique}/#"])
+    try:
+        bp = await processes(config)
+        await rec.wait_for(lambda: len(json.loads(rec.latest.get(f"sx{unique}/bridge/devices", b"[]"))) >= 15,
+                           timeout=40, what="devices of every platform")
+        for fault in ("http_500", "html_error", "malformed_json"):
+            for sim in sims:
+                sim.faults.update({fault: 2})
+            await asyncio.sleep(2.5)
+        for sim in sims:
+            sim.faults.reset()
+        await asyncio.sleep(2)
+        assert await bp.stop() == 0
+    finally:
+        for server in servers:
+            await server.close()
+    secrets = {v for creds in PLATFORMS.values() for k, v in creds.items()
+               if k in ("password", "api_key", "client_secret")}
+    secrets.add(hashlib.md5(PLATFORMS["opengps"]["password"].encode()).hexdigest())
+    log = bp.log.decode(errors="replace")
+    mqtt = "\n".join(p.decode(errors="replace") for _, p, _ in rec.messages)
+    assert "DEBUG" in log and len(rec.messages) > 50
+    for where, text in (("log", log), ("mqtt", mqtt)):
+        assert not [s for s in secrets if s in text], f"a configured secret in the {where}"
+        assert not re.search(r"Bearer\s+(?!\*\*\*)[A-Za-z0-9._~+/=-]{8,}", text), f"a bearer token in the {where}"
+        assert not re.search(r"(access_token|refresh_token|signature)=(?!\*\*\*)[A-Za-z0-9]{8,}", text), where
