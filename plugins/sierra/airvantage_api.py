@@ -122,7 +122,8 @@ def parse_operation(payload: Any, uid: str) -> Operation:
     """An operation answer; counters as ``[{state, count}]`` (or a ``{state: count}`` object)."""
     if not isinstance(payload, dict) or not payload.get("state"):
         raise BadResponse(f"GET {OPERATIONS_PATH}/{{uid}}: not an operation")
-    raw = payload.get("counters") or []
+    raw = payload.get("counters")
+    raw = raw if isinstance(raw, (dict, list)) else []
     pairs: Iterable[tuple[Any, Any]] = (raw.items() if isinstance(raw, dict) else
                                         ((c.get("state"), c.get("count")) for c in raw if isinstance(c, dict)))
     counters: dict[str, int] = {}
