@@ -32,6 +32,7 @@ _LOGGER = logging.getLogger(__name__)
 AUTH_RETRY = 3600.0  # refused credentials: wait an hour (or a config change / restart)
 BACKOFF_MAX = 300.0
 CALL_TIMEOUT = 600.0
+YIELD_EVERY = 200  # devices handled between two turns of the event loop in a poll
 
 
 @dataclass(slots=True)
@@ -362,7 +363,9 @@ class Account:
         states = await self.platform.async_poll(devices)
         now = time.time()
         changed_rows = []
-        for vendor_id, raw in states.items():
+        for n, (vendor_id, raw) in enumerate(states.items(), 1):
+            if n % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # let commands and publishes through during a large fleet's sweep
             dev = self.by_vendor_id.get(vendor_id)
             if dev is None:
                 continue
@@ -371,8 +374,8 @@ class Account:
             if state != dev.state:
                 changes = {k: state.get(k) for k in set(state) | set(dev.state) if state.get(k) != dev.state.get(k)}
                 dev.state = state
-                changed_rows.append((dev.slug, state, now))
-                self.bridge.state_changed(self, dev, changes)
+                payload = self.bridge.state_changed(self, dev, changes)
+                changed_rows.append((dev.slug, payload.decode(), now))
         if changed_rows:
             self.bridge.store.save_states(self.id, changed_rows)
         self.polls += 1

@@ -61,6 +61,7 @@ class Bridge:
         self._outbox_queued: set[int] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.stats: dict[str, Any] = {"commands": 0, "events": 0, "results": {}}  # results by status
+        self._state_observers = bool(registry.pm.hook.fleetbridge_state_changed.get_hookimpls())
         self.recent_events: deque[dict[str, Any]] = deque(maxlen=50)
         prefix = self.mqtt_cfg.discovery_prefix
         self.mqtt = MqttLink(
@@ -221,10 +222,14 @@ class Bridge:
         for dev in acc.devices.values():
             self.mqtt.set_retained(self.topics.device(acc.id, dev.slug, "availability"), value)
 
-    def state_changed(self, acc: Account, dev: Device, changes: dict[str, Any]) -> None:
-        self.mqtt.set_retained(self.topics.device(acc.id, dev.slug, "state"), _json(dev.state))
-        self.registry.notify("fleetbridge_state_changed", account=acc.id, device=dev.slug, state=dict(dev.state),
-                             changed=changes)
+    def state_changed(self, acc: Account, dev: Device, changes: dict[str, Any]) -> bytes:
+        """Publish a device's new state; return the encoded JSON (the store keeps the same bytes)."""
+        payload = _json(dev.state)
+        self.mqtt.set_retained(self.topics.device(acc.id, dev.slug, "state"), payload)
+        if self._state_observers:
+            self.registry.notify("fleetbridge_state_changed", account=acc.id, device=dev.slug,
+                                 state=dict(dev.state), changed=changes)
+        return payload
 
     def event_message(self, acc: Account, dev: Device, ev: Event) -> tuple[str, bytes]:
         at = ev.at if ev.at.tzinfo else ev.at.replace(tzinfo=timezone.utc)

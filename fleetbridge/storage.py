@@ -65,13 +65,13 @@ class Store:
                 [(account, slug, json.dumps(info)) for slug, info in devices.items()],
             )
 
-    def save_states(self, account: str, states: Iterable[tuple[str, dict[str, Any], float]]) -> None:
-        """Store (slug, state, at) rows in one transaction."""
+    def save_states(self, account: str, states: Iterable[tuple[str, str, float]]) -> None:
+        """Store (slug, state JSON text, at) rows in one transaction."""
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany(
                 "UPDATE device SET state=?, state_at=? WHERE account=? AND device=?",
-                [(json.dumps(state, separators=(",", ":")), at, account, slug) for slug, state, at in states],
+                [(text, at, account, slug) for slug, text, at in states],
             )
 
     def load_devices(self, account: str | None = None) -> list[dict[str, Any]]:

@@ -118,7 +118,7 @@ class AirVantagePlatform(Platform):
         vol.Optional("criteria", default=dict,
                      description="gateway filter: {labels (any of), type, states, assigned, metadata}"):
             CRITERIA_SCHEMA,
-        vol.Optional("page_size", default=100, description="gateways per listing page"):
+        vol.Optional("page_size", default=500, description="gateways per listing page"):
             vol.All(vol.Coerce(int), vol.Range(min=1, max=500)),
         vol.Optional("note_key", default="note", description="the metadata key set_note writes"):
             vol.All(str, vol.Length(min=1, max=100)),
@@ -148,7 +148,7 @@ class AirVantagePlatform(Platform):
     async def async_setup(self) -> None:
         self.oauth, rest = connect(self.ctx, self.clock, MESSAGES)
         self._api = AirVantageApi(rest, company=self.config.get("company"),
-                                  page_size=int(self.config.get("page_size", 100)))
+                                  page_size=int(self.config.get("page_size", 500)))
         await self.oauth.token()
 
     async def async_close(self) -> None:

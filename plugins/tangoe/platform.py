@@ -111,7 +111,7 @@ class TangoePlatform(Platform):
         vol.Optional("context_company_employee_id",
                      description="act for this company employee id (X-TNGO-CONTEXT-COMPANYEMPLOYEEID)"): str,
         vol.Optional("hierarchy_id", description="header X-TNGO-CONTEXT-HIERARCHYID"): str,
-        vol.Optional("page_size", default=100, description="`limit` of every collection request"):
+        vol.Optional("page_size", default=500, description="`limit` of every collection request"):
             vol.All(vol.Coerce(int), vol.Range(min=1, max=1000)),
         vol.Optional("max_pages", default=1000, description="most pages read per collection sweep (a guard)"):
             vol.All(vol.Coerce(int), vol.Range(min=1, max=100_000)),
@@ -186,7 +186,7 @@ class TangoePlatform(Platform):
                           hierarchy_id=cfg.get("hierarchy_id") or None)
         self.client = TangoeClient(self.ctx.session, base_url, self.tokens, tenant=cfg["tenant"],
                                    client_id=cfg["client_id"], context=context, rate=self.ctx.rate,
-                                   page_size=cfg.get("page_size", 100), max_pages=cfg.get("max_pages", 1000),
+                                   page_size=cfg.get("page_size", 500), max_pages=cfg.get("max_pages", 1000),
                                    scrub=self._scrub)
         self.client.start_activity("setup")
         try:
