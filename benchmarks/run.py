@@ -1,0 +1,1413 @@
+#!/usr/bin/env python3
+"""fleetbridge benchmark (issue 9): one command, a JSON document and a table of figures vs targets.
+
+    python3 benchmarks/run.py --sizes 1000,10000 [--platforms opengps,...] [--json out.json] [--profile DIR]
+
+Per size, in one run: a private mosquitto (``max_queued_messages 0``) on a free 127.0.0.1 port, the
+vendor simulators in their own process (``benchmarks/simhost.py``), the bridge as a real process
+(``python -m fleetbridge run``) so its CPU and RSS come from ``/proc``, a subscriber to ``#`` and,
+after the bridge stopped, the bare aiomqtt publisher (``benchmarks/bare.py``) on the same broker.
+Phases: start-up, fresh subscriber, state latency, command latency, steady state, change storm,
+(profile), bare client, mosquitto-default queue demo, entity-mode discovery. See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform as pyplatform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import paho.mqtt.client as mqtt
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+BASE, PREFIX, BARE = "fleetbridge", "homeassistant", "bare"
+SCAN_INTERVAL = 1.0  # the smallest the config allows: the storm must outrun the publisher at 10k+
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ platforms
+
+@dataclass
+class Adapter:
+    """How the benchmark configures a platform and what its theoretical minimum is."""
+
+    name: str
+    account: Callable[[str, int], dict[str, Any]]  # (base_url, devices) -> account keys
+    refresh: str  # regex over "METHOD /path" of the simulator's requests: the ones a state refresh makes
+    minimum: Callable[[int, dict[str, Any], dict[str, Any]], int]  # (devices, account, simulator page caps)
+    rule: str  # the minimum, in words
+    storm: bool = False  # the simulator host can make every device change every cycle
+    command: str | None = None  # a harmless service to press for the command latency
+    default_scan: float = 60.0  # the platform's default scan_interval (to scale steady-state figures)
+    default_event: float = 60.0  # its default event_interval
+    startup_wait: bool = True  # False: a vendor rate budget spreads the first refresh (minutes): start-up
+    #                            is reported for it, not waited for
+
+
+def _tracker(base_url: str, n: int) -> dict[str, Any]:
+    return {"base_url": base_url, "account": "bench", "password": "bench-password",
+            "include_subaccounts": n > 500, "event_interval": 3600,
+            "rate_limits": {k: 0 for k in ("auth", "device_list", "track", "playback", "detail", "alarm",
+                                           "mileage", "command", "geofence", "user")}}
+
+
+def _sierra(base_url: str, n: int) -> dict[str, Any]:
+    # AMM's 360 requests/h is an hourly cap the config cannot lift: its plugin plans under it
+    return {"base_url": base_url, "client_id": "bench", "client_secret": "bench-secret", "username": "bench",
+            "password": "bench-password", "rate_limits": {"auth": 0, "api": 0}}
+
+
+def _tangoe(base_url: str, n: int) -> dict[str, Any]:
+    return {"base_url": base_url, "token_url": base_url + "/as/token.oauth2", "tenant": "BENCH",
+            "client_id": "bench", "client_secret": "bench-secret", "username": "bench",
+            "password": "bench-password", "event_interval": 3600,
+            "rate_limits": {k: 0 for k in ("token", "me", "list", "detail", "orders", "order_write")}}
+
+
+def _lattigo(base_url: str, n: int) -> dict[str, Any]:
+    return {"base_url": base_url, "key_name": "bench", "api_key": "bench-key",
+            "rate_limits": {"list": 0, "device": 0, "operation": 0}}
+
+
+ADAPTERS: dict[str, Adapter] = {a.name: a for a in (
+    Adapter("opengps", _tracker, r"^GET /api/track$",
+            lambda n, acc, caps: math.ceil(n / 100), "ceil(N/100) /api/track calls (100 IMEIs per call)",
+            storm=True, command="reboot", default_scan=30.0),
+    Adapter("amm", _sierra, r"^GET /api/v1/systems/.+/data$",
+            lambda n, acc, caps: math.ceil(n / 100), "ceil(N/100) group data calls (100 gateways per group call)",
+            default_scan=300.0, startup_wait=False),
+    Adapter("lattigo", _lattigo, r"^GET /v2/devices$",
+            lambda n, acc, caps: math.ceil(n / (caps.get("max_per_page") or 10_000)),
+            "ceil(N/per_page cap) /v2/devices pages (the simulator caps per_page at 100)",
+            default_scan=300.0),
+    Adapter("airvantage", _sierra, r"^GET /api/v1/gateways$",
+            lambda n, acc, caps: math.ceil(n / (caps.get("max_page") or 500)),
+            "ceil(N/size cap) /api/v1/gateways pages (simulator and plugin cap size at 500; vendor default 100)",
+            default_scan=300.0),
+    Adapter("tangoe", _tangoe, r"^GET /assets/(devices|services)$",
+            lambda n, acc, caps: 2 * math.ceil(n / (caps.get("max_limit") or 1000)),
+            "2 x ceil(N/limit cap) /assets/devices + /assets/services pages (the simulator caps limit at 500)",
+            default_scan=900.0),
+)}
+
+
+# ------------------------------------------------------------------------------------------------ processes
+
+class Procs:
+    """Every child process, stopped in reverse order (TERM, then KILL)."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, subprocess.Popen]] = []
+        self.pids: dict[str, int] = {}
+
+    def add(self, name: str, proc: subprocess.Popen) -> subprocess.Popen:
+        self.items.append((name, proc))
+        return proc
+
+    def stop(self, proc: subprocess.Popen, timeout: float = 10.0) -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+
+    def stop_all(self) -> None:
+        for _, proc in reversed(self.items):
+            self.stop(proc)
+        self.items.clear()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def wait_port(port: int, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    out = {}
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                out[line.split(":")[0]] = int(line.split()[1]) / 1024
+    return {"rss_mb": round(out.get("VmRSS", 0.0), 1), "hwm_mb": round(out.get("VmHWM", 0.0), 1)}
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, all cores (from /proc/stat)."""
+    with open("/proc/stat", encoding="ascii") as fh:
+        vals = [int(v) for v in fh.readline().split()[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+    total = sum(vals[:8])
+    return (total - idle) / CLK_TCK, total / CLK_TCK
+
+
+class CpuMeter:
+    """CPU seconds of named processes and of the machine over a window: who used the 2 cores."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = {k: v for k, v in pids.items() if v}
+        self.t0 = time.time()
+        self.c0 = {k: self._cpu(pid) for k, pid in self.pids.items()}
+        self.m0 = machine_cpu()
+
+    @staticmethod
+    def _cpu(pid: int) -> float:
+        if pid == os.getpid():
+            t = os.times()
+            return t.user + t.system
+        try:
+            return cpu_seconds(pid)
+        except OSError:
+            return 0.0
+
+    def read(self) -> dict[str, Any]:
+        dt = time.time() - self.t0
+        m1 = machine_cpu()
+        used = {k: self._cpu(pid) - self.c0[k] for k, pid in self.pids.items()}
+        busy = m1[0] - self.m0[0]
+        out = {f"{k}_percent": round(v / dt * 100, 1) for k, v in used.items()}
+        out["machine_busy_percent"] = round(busy / dt * 100, 1)
+        out["machine_capacity_percent"] = round((m1[1] - self.m0[1]) / dt * 100)
+        out["others_percent"] = round(max(0.0, busy - sum(used.values())) / dt * 100, 1)
+        return out
+
+
+def mosquitto_binary() -> str:
+    binary = shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None)
+    if binary is None:
+        sys.exit("mosquitto not found: apt install mosquitto")
+    return binary
+
+
+async def start_broker(procs: Procs, tmp: Path, name: str, max_queued: int | None) -> int:
+    port = free_port()
+    conf = tmp / f"{name}.conf"
+    lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", "persistence false"]
+    if max_queued is not None:
+        lines.append(f"max_queued_messages {max_queued}")
+    conf.write_text("\n".join(lines) + "\n")
+    proc = procs.add(name, subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdin=subprocess.DEVNULL,
+                                            stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.log", "w")))
+    procs.pids[name] = proc.pid
+    await wait_port(port)
+    return port
+
+
+async def start_simhost(procs: Procs, tmp: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    proc = procs.add("simhost", subprocess.Popen(
+        [sys.executable, str(HERE / "simhost.py"), json.dumps(spec)], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=open(tmp / "simhost.log", "w"), cwd=tmp, text=True))
+    loop = asyncio.get_running_loop()
+    line = await asyncio.wait_for(loop.run_in_executor(None, proc.stdout.readline), 120)
+    if not line:
+        raise RuntimeError(f"the simulator host failed: {(tmp / 'simhost.log').read_text()[-2000:]}")
+    return json.loads(line)
+
+
+# ------------------------------------------------------------------------------------------------ MQTT side
+
+class Subscriber:
+    """A paho subscriber (network loop in its own thread) that classifies and times every message."""
+
+    def __init__(self, port: int, topics: list[str], name: str, qos: int = 0, keep_discovery: bool = False,
+                 sample: int = 0) -> None:
+        self.topics, self.qos, self.keep_discovery, self.sample_max = topics, qos, keep_discovery, sample
+        self.n: Counter[str] = Counter()
+        self.bytes: Counter[str] = Counter()
+        self.retained = 0
+        self.state_first: dict[str, float] = {}
+        self.disc_first: dict[str, float] = {}
+        self.state_by_account: Counter[str] = Counter()  # devices with a state, per account id
+        self.disc_by_account: Counter[str] = Counter()  # device nodes with discovery, per "b_<platform>" prefix
+        self.disc_msgs: Counter[str] = Counter()  # node -> non-empty discovery messages
+        self.disc_bytes: Counter[str] = Counter()
+        self.disc_payloads: dict[str, bytes] = {}
+        self.disc_topics: set[str] = set()  # discovery topics holding a config (retained)
+        self.samples: dict[str, bytes] = {}
+        self.sample_prefix = f"{BASE}/b_opengps/"  # the storm's state messages: the bare client's payloads
+        self.state_log: list[tuple[float, str]] | None = None
+        self.storm_times: list[float] | None = None
+        self.info: bytes | None = None
+        self.info_at = 0.0
+        self.last_at = 0.0
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{name}-{os.getpid()}",
+                                  clean_session=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port, keepalive=60)
+        self.client.loop_start()
+
+    def _on_connect(self, client, userdata, flags, reason, properties) -> None:
+        client.subscribe([(t, self.qos) for t in self.topics])
+
+    def wait_subscribed(self, timeout: float = 10.0) -> None:
+        if not self._subscribed.wait(timeout):
+            raise RuntimeError("the subscriber did not get its subscription")
+
+    def _on_message(self, client, userdata, msg) -> None:
+        now = time.time()
+        self.last_at = now
+        topic, payload = msg.topic, msg.payload
+        if msg.retain:
+            self.retained += 1
+        parts = topic.split("/")
+        head = parts[0]
+        if head == PREFIX:
+            kind = "discovery"
+            if not payload:
+                self.disc_topics.discard(topic)
+            elif len(parts) >= 4:
+                self.disc_topics.add(topic)
+                node = parts[2]
+                if node not in self.disc_first:
+                    self.disc_first[node] = now
+                    self.disc_by_account["_".join(node.split("_", 2)[:2])] += 1
+                self.disc_msgs[node] += 1
+                self.disc_bytes[node] += len(payload) + len(topic)
+                if self.keep_discovery:
+                    self.disc_payloads[topic] = payload
+        elif head == BASE:
+            if parts[1] == "bridge":
+                kind = "bridge"
+                if parts[-1] == "info":
+                    self.info, self.info_at = payload, now
+            else:
+                leaf = parts[-1]
+                if leaf == "state" and len(parts) == 4:
+                    kind = "state"
+                    if topic not in self.state_first:
+                        self.state_first[topic] = now
+                        self.state_by_account[parts[1]] += 1
+                    if self.state_log is not None:
+                        self.state_log.append((now, topic))
+                    if self.storm_times is not None:
+                        self.storm_times.append(now)
+                    if len(self.samples) < self.sample_max and topic.startswith(self.sample_prefix):
+                        self.samples[topic] = payload
+                elif leaf == "availability":
+                    kind = "availability"
+                elif leaf == "result":
+                    kind = "result"
+                elif leaf == "event":
+                    kind = "event"
+                else:
+                    kind = "other"
+        elif head == BARE:
+            kind = "bare"
+        else:
+            kind = "other"
+        self.n[kind] += 1
+        self.bytes[kind] += len(payload) + len(topic)
+
+    def snapshot(self) -> tuple[Counter[str], Counter[str]]:
+        return Counter(self.n), Counter(self.bytes)
+
+    def close(self) -> None:
+        try:
+            self.client.disconnect()
+        finally:
+            self.client.loop_stop()
+
+
+def bridge_info(sub: Subscriber) -> dict[str, Any]:
+    try:
+        return json.loads(sub.info) if sub.info else {}
+    except ValueError:
+        return {}
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        await asyncio.sleep(step)
+    return cond()
+
+
+async def wait_quiet(sub: Subscriber, quiet: float, timeout: float) -> None:
+    """Until ``sub`` received nothing for ``quiet`` seconds (or ``timeout``)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and time.time() - sub.last_at < quiet:
+        await asyncio.sleep(0.1)
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    idx = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
+    return ordered[idx]
+
+
+def ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 1)
+
+
+# ------------------------------------------------------------------------------------------------ one size
+
+@dataclass
+class Run:
+    size: int
+    args: argparse.Namespace
+    tmp: Path
+    procs: Procs = field(default_factory=Procs)
+    http: aiohttp.ClientSession | None = None
+    control: str = ""
+    subs: list[Subscriber] = field(default_factory=list)
+    result: dict[str, Any] = field(default_factory=dict)
+    caps: dict[str, dict[str, Any]] = field(default_factory=dict)  # simulators' page caps
+
+    async def sim(self, method: str, path: str, **kw) -> Any:
+        assert self.http is not None
+        async with self.http.request(method, self.control + path, **kw) as resp:
+            resp.raise_for_status()
+            return await resp.json()
+
+    def subscriber(self, *a, **kw) -> Subscriber:
+        sub = Subscriber(*a, **kw)
+        self.subs.append(sub)
+        return sub
+
+    def close_subs(self) -> None:
+        for sub in self.subs:
+            sub.close()
+        self.subs.clear()
+
+
+def split_devices(total: int, names: list[str]) -> dict[str, int]:
+    share = [total // len(names) + (1 if i < total % len(names) else 0) for i in range(len(names))]
+    return dict(zip(names, share))
+
+
+def bridge_config(tmp: Path, port: int, accounts: list[dict[str, Any]], mode: str, name: str) -> Path:
+    config = {"mqtt": {"host": "127.0.0.1", "port": port, "discovery_mode": mode, "client_id": f"fb_{name}"},
+              "storage": str(tmp / f"{name}.db"), "log_level": "warning", "accounts": accounts}
+    path = tmp / f"{name}.yaml"
+    path.write_text(json.dumps(config, indent=1))  # JSON is YAML
+    return path
+
+
+def start_bridge(run: Run, config: Path, name: str) -> tuple[subprocess.Popen, float]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    t0 = time.time()
+    proc = run.procs.add(name, subprocess.Popen(
+        [sys.executable, "-m", "fleetbridge", "--log-level", "warning", "run", "-c", str(config)],
+        stdin=subprocess.DEVNULL, stdout=open(run.tmp / f"{name}.log", "w"), stderr=subprocess.STDOUT,
+        cwd=run.tmp, env=env))
+    return proc, t0
+
+
+async def plan_platforms(run: Run, wanted: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Platforms whose plugin loads (and that the benchmark knows), with their device share."""
+    from fleetbridge.plugins import load_plugins
+
+    registry = load_plugins()
+    notes: dict[str, str] = {}
+    ok = []
+    for name in wanted:
+        if name not in ADAPTERS:
+            notes[name] = "no benchmark adapter (add one to ADAPTERS in benchmarks/run.py)"
+        elif name not in registry.platforms:
+            notes[name] = "plugin not loadable: " + registry.unavailable.get(name, "not installed")
+        else:
+            ok.append(name)
+    devices: dict[str, int] = {}
+    if "opengps" in ok and len(ok) > 1:
+        # the tracker is the platform whose simulator can change every device every cycle: it carries
+        # the storm, so it gets the larger share (--tracker-share) and the others split the rest
+        devices["opengps"] = max(1, round(run.size * run.args.tracker_share))
+        others = [n for n in ok if n != "opengps"]
+        devices.update(split_devices(max(len(others), run.size - devices["opengps"]), others))
+    elif ok:
+        devices = split_devices(run.size, ok)
+    return {"names": ok, "devices": devices}, notes
+
+
+async def machine_quiet(limit: float, timeout: float) -> dict[str, Any]:
+    """Wait (at most ``timeout`` s) until the machine is below ``limit`` % busy (all cores) over 2 s:
+    other work on a shared box distorts every figure. Returns what was seen."""
+    t0 = time.monotonic()
+    busy = None
+    while True:
+        a = machine_cpu()
+        await asyncio.sleep(2.0)
+        b = machine_cpu()
+        busy = round((b[0] - a[0]) / max(1e-9, b[1] - a[1]) * 100 * (os.cpu_count() or 1), 1)
+        if busy <= limit or time.monotonic() - t0 >= timeout:
+            return {"busy_percent_before": busy, "waited_s": round(time.monotonic() - t0, 1),
+                    "quiet": busy <= limit}
+
+
+async def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix=f"fleetbridge-bench-{size}-"))
+    run = Run(size, args, tmp)
+    if args.wait_quiet:
+        run.result["machine_before"] = await machine_quiet(args.quiet_limit, args.wait_quiet)
+        log(f"{size}: machine before the run: {run.result['machine_before']}")
+    try:
+        async with aiohttp.ClientSession() as http:
+            run.http = http
+            await _run_size(run)
+    finally:
+        run.close_subs()
+        run.procs.stop_all()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            log(f"kept {tmp}")
+    return run.result
+
+
+async def _run_size(run: Run) -> None:
+    args, size, res = run.args, run.size, run.result
+    plan, notes = await plan_platforms(run, args.platforms)
+    res["skipped_platforms"] = notes
+    for name, why in notes.items():
+        log(f"{size}: platform {name} skipped: {why}")
+    if not plan["names"]:
+        raise SystemExit("no platform to benchmark")
+    devices = plan["devices"]
+    res["devices"] = devices
+    log(f"{size}: devices {devices}")
+
+    # broker, subscriber, simulators -------------------------------------------------------------
+    port = await start_broker(run.procs, run.tmp, "mosquitto", 0)
+    sub = run.subscriber(port, ["#"], "bench-sub", sample=5000)
+    sub.wait_subscribed()
+    placeholders = {n: ADAPTERS[n].account("http://127.0.0.1:1", devices[n]) for n in plan["names"]}
+    spec = {"platforms": [{"name": n, "devices": devices[n], "seed": args.seed, "config": placeholders[n],
+                           "refresh": ADAPTERS[n].refresh} for n in plan["names"]]}
+    host = await start_simhost(run.procs, run.tmp, spec)
+    run.control = f"http://127.0.0.1:{host['control']}"
+    sim_pid = (await run.sim("GET", "/bench/self"))["pid"]
+    run.caps = host.get("caps") or {}
+    res["simulator_page_caps"] = run.caps
+    for name, err in host["errors"].items():
+        notes[name] = f"simulator failed: {err}"
+        log(f"{size}: platform {name} skipped: simulator failed: {err}")
+    names = [n for n in plan["names"] if n in host["ports"]]
+    if not names:
+        raise SystemExit("no simulator started")
+    res["devices"] = devices = {n: devices[n] for n in names}
+    expected: dict[str, int | None] = {}
+    tracker_devices: list[dict[str, Any]] = []
+    for name in names:
+        listing = await run.sim("GET", "/bench/devices", params={"platform": name})
+        expected[name] = len(listing) if listing else devices[name]
+        if name == "opengps":
+            tracker_devices = listing
+    accounts = []
+    acc_of: dict[str, str] = {}
+    for name in names:
+        acc = {"platform": name, "name": f"Bench {name}", "id": f"b_{name}", "scan_interval": SCAN_INTERVAL,
+               **ADAPTERS[name].account(f"http://127.0.0.1:{host['ports'][name]}", devices[name])}
+        accounts.append(acc)
+        acc_of[name] = acc["id"]
+    total_expected = sum(v for v in expected.values() if v)
+    waited = [n for n in names if ADAPTERS[n].startup_wait]
+    wait_expected = sum(expected[n] or 0 for n in waited)
+
+    # 4. start-up --------------------------------------------------------------------------------
+    config = bridge_config(run.tmp, port, accounts, "device", "bridge")
+    bridge, t_start = start_bridge(run, config, "bridge")
+    pid = bridge.pid
+    log(f"{size}: bridge pid {pid} started; waiting for discovery and state of {total_expected} devices")
+    bridge_node = "fleetbridge_bridge_fb_bridge"
+
+    def dev_nodes() -> int:
+        return sum(1 for node in list(sub.disc_first) if node != bridge_node)
+
+    waited_ids = {acc_of[n] for n in waited}
+
+    def complete() -> bool:
+        nodes = sum(sub.disc_by_account[a] for a in waited_ids)
+        states = sum(sub.state_by_account[a] for a in waited_ids)
+        return nodes >= wait_expected and states >= wait_expected
+
+    ok = await wait_until(lambda: complete() or bridge.poll() is not None, args.startup_timeout, 0.2)
+    if bridge.poll() is not None:
+        raise RuntimeError(f"the bridge exited: {(run.tmp / 'bridge.log').read_text()[-3000:]}")
+    disc_first, state_first = dict(sub.disc_first), dict(sub.state_first)  # copies: the paho thread writes
+    t_disc = max((t for node, t in disc_first.items()
+                  if node != bridge_node and "_".join(node.split("_", 2)[:2]) in waited_ids), default=None)
+    t_state = max((t for topic, t in state_first.items() if topic.split("/")[1] in waited_ids), default=None)
+    startup = {
+        "complete": ok, "devices_expected": total_expected, "waited_for": waited, "discovered": dev_nodes(),
+        "with_state": len(state_first),
+        "discovery_all_s": round(t_disc - t_start, 2) if t_disc else None,
+        "state_all_s": round(t_state - t_start, 2) if t_state else None,
+        "first_discovery_s": round(min(disc_first.values()) - t_start, 2) if disc_first else None,
+    }
+    startup["all_s"] = max(startup["discovery_all_s"] or 0, startup["state_all_s"] or 0) if ok else None
+    by_acc: dict[str, dict[str, Any]] = {}
+    for name in names:
+        acc_id = acc_of[name]
+        d = [t for node, t in disc_first.items() if node.startswith(acc_id + "_")]
+        st = [t for topic, t in state_first.items() if topic.split("/")[1] == acc_id]
+        by_acc[name] = {"devices": len(d), "with_state": len(st),
+                        "discovery_all_s": round(max(d) - t_start, 2) if d else None,
+                        "state_all_s": round(max(st) - t_start, 2) if st else None}
+    startup["by_platform"] = by_acc
+    res["startup"] = startup
+    log(f"{size}: start-up {startup}")
+    await asyncio.sleep(1.0)
+    res["memory_after_startup"] = memory_mb(pid)
+
+    # discovery per device (device mode), from what the subscriber saw
+    disc_msgs, disc_bytes = dict(sub.disc_msgs), dict(sub.disc_bytes)
+    nodes = [n for n in disc_msgs if n != bridge_node]
+    res["discovery_device_mode"] = {
+        "messages_per_device": round(sum(disc_msgs[n] for n in nodes) / max(1, len(nodes)), 2),
+        "bytes_per_device": round(sum(disc_bytes.get(n, 0) for n in nodes) / max(1, len(nodes)), 1)}
+
+    # fresh subscriber to homeassistant/# (max_queued_messages 0)
+    fresh_t0 = time.time()
+    fresh = run.subscriber(port, [f"{PREFIX}/#"], "bench-fresh", qos=1, keep_discovery=True)
+    want = len(sub.disc_topics)  # distinct discovery topics the broker retains
+    got = await wait_until(lambda: fresh.retained >= want, 60, 0.05)
+    res["fresh_subscriber"] = {"broker": "max_queued_messages 0", "retained_expected": want,
+                               "received": fresh.retained, "complete": got,
+                               "seconds": round(fresh.last_at - fresh_t0, 2) if fresh.retained else None,
+                               "nodes": len(sub.disc_first)}
+    log(f"{size}: fresh subscriber {res['fresh_subscriber']}")
+    discovery_payloads = dict(fresh.disc_payloads)
+    fresh.close()
+    run.subs.remove(fresh)
+
+    # initial event fetch (tracker: one alarm request per device) must be over before measuring
+    if "opengps" in names:
+        n_tr = devices["opengps"]
+        t_ev0 = time.monotonic()
+
+        async def alarms() -> int:
+            stats = await run.sim("GET", "/bench/stats", params={"platforms": "opengps"})
+            return stats["opengps"]["counts"].get("GET /api/alarm/list", 0)
+
+        end = time.monotonic() + args.startup_timeout
+        count = 0
+        samples: list[tuple[float, float, int]] = []  # (time, bridge CPU, alarm requests so far)
+        while time.monotonic() < end:
+            count = await alarms()
+            samples.append((time.time(), cpu_seconds(pid), count))
+            if count >= n_tr:
+                break
+            await asyncio.sleep(0.5)
+        # the events of the past hour are recorded and published after the whole fetch: wait until
+        # they stop coming (2 s without one, once some came or 10 s passed)
+        ev_t0 = time.monotonic()
+        ev_end = ev_t0 + 120
+        while time.monotonic() < ev_end:
+            before = sub.n["event"]
+            await asyncio.sleep(2.0)
+            if sub.n["event"] == before and (before > 0 or time.monotonic() - ev_t0 > 10):
+                break
+        stats = (await run.sim("GET", "/bench/stats", params={"platforms": "opengps"}))["opengps"]
+        first, last = stats["first_at"].get("GET /api/alarm/list"), stats["last_at"].get("GET /api/alarm/list")
+        # bridge CPU per alarm request, over the samples where the fetch was under way (polls included)
+        moving = [x for x in samples if 0 < x[2] < n_tr] + [x for x in samples if x[2] >= n_tr][:1]
+        per_req = None
+        event_window = None  # (seconds, bridge CPU, requests) while the fetch ran; polls are subtracted later
+        if len(moving) >= 2 and moving[-1][2] > moving[0][2]:
+            event_window = (moving[-1][0] - moving[0][0], moving[-1][1] - moving[0][1], moving[-1][2] - moving[0][2])
+        res["event_fetch"] = {"requests": count, "devices": n_tr,
+                              "requests_per_device": round(count / n_tr, 2),
+                              "first_after_start_s": round(first - t_start, 2) if first else None,
+                              "seconds": round(last - first, 2) if first and last else None,
+                              "bridge_cpu_ms_per_request": None,  # set after the steady phase
+                              "event_messages_published": sub.n["event"],
+                              "waited_s": round(time.monotonic() - t_ev0, 1)}
+        log(f"{size}: initial event fetch {res['event_fetch']}")
+        await asyncio.sleep(1.5)
+
+    # 3a. state latency --------------------------------------------------------------------------
+    if "opengps" in names:
+        await run.sim("POST", "/bench/clear")
+        sub.state_log = []
+        k = min(args.probes_per_cycle, max(1, len([d for d in tracker_devices if d["online"]])))
+        await run.sim("POST", "/bench/mode", json={"platforms": ["opengps"], "mode": "latency", "k": k})
+        c0 = (await run.sim("GET", "/bench/stats", params={"platforms": "opengps"}))["opengps"]["cycles"]
+        end = time.monotonic() + args.latency_timeout
+        while time.monotonic() < end:
+            st = (await run.sim("GET", "/bench/stats", params={"platforms": "opengps"}))["opengps"]
+            if st["cycles"] - c0 >= args.latency_cycles + 1:
+                break
+            await asyncio.sleep(0.2)
+        await run.sim("POST", "/bench/mode", json={"platforms": ["opengps"], "mode": "quiet"})
+        st = (await run.sim("GET", "/bench/stats", params={"platforms": "opengps"}))["opengps"]
+        wanted = {imei for imei, *_ in st["probes"]}
+        await wait_until(lambda: wanted <= {t.split("/")[2] for _, t in list(sub.state_log or [])}, 20, 0.25)
+        await asyncio.sleep(0.5)
+        st = (await run.sim("GET", "/bench/stats", params={"platforms": "opengps"}))["opengps"]
+        log_ = sub.state_log
+        sub.state_log = None
+        acc = acc_of["opengps"]
+        arrivals: dict[str, list[float]] = defaultdict(list)
+        for t, topic in log_:
+            arrivals[topic.split("/")[2]].append(t)
+        beyond, from_change, poll_wait, missing = [], [], [], 0
+        for imei, cycle, changed_at, served_at in st["probes"]:
+            hits = [t for t in arrivals.get(imei, []) if t >= served_at - 0.001]
+            if not hits:
+                missing += 1
+                continue
+            beyond.append(hits[0] - served_at)
+            from_change.append(hits[0] - changed_at)
+            poll_wait.append(served_at - changed_at)
+        res["state_latency"] = {
+            "samples": len(beyond), "missing": missing, "cycles": st["cycles"] - c0,
+            "beyond_poll_p50_ms": ms(pct(beyond, 50)), "beyond_poll_p99_ms": ms(pct(beyond, 99)),
+            "beyond_poll_max_ms": ms(max(beyond) if beyond else None),
+            "change_to_message_p50_ms": ms(pct(from_change, 50)), "change_to_message_p99_ms": ms(pct(from_change, 99)),
+            "poll_reaches_device_p50_ms": ms(pct(poll_wait, 50)),
+            "account": acc}
+        log(f"{size}: state latency {res['state_latency']}")
+        if not beyond:
+            res.setdefault("diagnostics", []).append(await diagnose(run, pid, "no state-latency samples"))
+
+    # 3b. command latency --------------------------------------------------------------------------
+    if "opengps" in names and args.commands:
+        await run.sim("POST", "/bench/clear")
+        cand = [d["id"] for d in tracker_devices if d["online"] and d["answers"]]
+        step = max(1, len(cand) // args.commands)
+        chosen = cand[::step][:args.commands]
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-cmd-{os.getpid()}")
+        pub.connect("127.0.0.1", port)
+        pub.loop_start()
+        sent: dict[str, float] = {}
+        try:
+            await asyncio.sleep(0.3)
+            for imei in chosen:
+                topic = f"{BASE}/{acc_of['opengps']}/{imei}/{ADAPTERS['opengps'].command}/set"
+                sent[imei] = time.time()
+                pub.publish(topic, b"PRESS", qos=1)
+                await asyncio.sleep(args.command_gap)
+
+            async def arrived() -> int:
+                st = (await run.sim("GET", "/bench/stats", params={"platforms": "opengps"}))["opengps"]
+                return len({imei for _, imei, _ in st["commands"]})
+
+            end = time.monotonic() + 15
+            while time.monotonic() < end and await arrived() < len(chosen):
+                await asyncio.sleep(0.2)
+        finally:
+            pub.disconnect()
+            pub.loop_stop()
+        st = (await run.sim("GET", "/bench/stats", params={"platforms": "opengps"}))["opengps"]
+        first_arrival: dict[str, float] = {}
+        for t, imei, _command in st["commands"]:
+            first_arrival.setdefault(imei, t)
+        lat = [first_arrival[i] - sent[i] for i in chosen if i in first_arrival]
+        res["command_latency"] = {"sent": len(chosen), "arrived": len(lat),
+                                  "p50_ms": ms(pct(lat, 50)), "p99_ms": ms(pct(lat, 99)),
+                                  "max_ms": ms(max(lat) if lat else None)}
+        log(f"{size}: command latency {res['command_latency']}")
+        await asyncio.sleep(3.0)  # replies come in, results are published
+
+    # 6. steady state ------------------------------------------------------------------------------
+    await run.sim("POST", "/bench/mode", json={"mode": "quiet"})
+    await run.sim("POST", "/bench/clear")
+    await asyncio.sleep(1.0)
+    n0, b0 = sub.snapshot()
+    meter = CpuMeter({"bridge": pid, "simulator": sim_pid, "mosquitto": run.procs.pids["mosquitto"],
+                      "harness": os.getpid()})
+    cpu0, t0 = cpu_seconds(pid), time.time()
+    info0 = bridge_info(sub)
+    s0 = await run.sim("GET", "/bench/stats")
+    sub.state_log = []
+    await asyncio.sleep(args.steady)
+    steady_log, sub.state_log = sub.state_log, None
+    machine_steady = meter.read()
+    n1, b1 = sub.snapshot()
+    cpu1, t1 = cpu_seconds(pid), time.time()
+    info1 = bridge_info(sub)
+    s1 = await run.sim("GET", "/bench/stats")
+    dt = t1 - t0
+    dn, db = n1 - n0, b1 - b0
+    polls = {n: _polls(info1, acc_of[n]) - _polls(info0, acc_of[n]) for n in names}
+    tracker_cycles = (s1["opengps"]["cycles"] - s0["opengps"]["cycles"]) if "opengps" in names else None
+    cycles = tracker_cycles or max(polls.values()) or 1
+    steady = {"seconds": round(dt, 1), "messages_per_min": round(sum(dn.values()) * 60 / dt, 1),
+              "bytes_per_min": round(sum(db.values()) * 60 / dt), "by_kind_per_min":
+              {k: round(v * 60 / dt, 1) for k, v in sorted(dn.items()) if v},
+              "cpu_percent": round((cpu1 - cpu0) / dt * 100, 1), "poll_cycles": cycles,
+              "messages_per_cycle": round(sum(dn.values()) / cycles, 2),
+              "cpu_s_per_cycle": round((cpu1 - cpu0) / cycles, 4),
+              "cpu_s_per_cycle_per_1000_devices": round((cpu1 - cpu0) / cycles / size * 1000, 4)}
+    default_scan = min(ADAPTERS[n].default_scan for n in names)
+    steady["at_default_scan_interval"] = {
+        "scan_interval_s": default_scan,
+        "messages_per_min": round(steady["messages_per_cycle"] * 60 / default_scan, 2),
+        "cpu_percent": round(steady["cpu_s_per_cycle"] / default_scan * 100, 2)}
+    steady["cpu_by_process"] = machine_steady
+    # state messages by platform: a platform whose simulator ticks on its own (create_simulator's
+    # default) is not quiet; the tracker world stands still
+    steady["state_messages_per_min_by_platform"] = {
+        n: round(sum(1 for t, topic in steady_log if topic.split("/")[1] == acc_of[n]) * 60 / dt, 1) for n in names}
+    res["steady"] = steady
+    if "opengps" in names and event_window:
+        # the initial event fetch ran beside back-to-back polls: take the steady polling CPU out
+        secs, cpu, reqs = event_window
+        per_req = max(0.0, cpu - steady["cpu_percent"] / 100 * secs) / reqs
+        res["event_fetch"]["bridge_cpu_ms_per_request"] = round(per_req * 1000, 3)
+        res["event_fetch"]["cpu_percent_at_default_event_interval"] = round(
+            per_req * devices["opengps"] / ADAPTERS["opengps"].default_event * 100, 1)
+    log(f"{size}: steady {steady}")
+    res["vendor_steady"] = vendor_efficiency(names, devices, accounts, s0, s1, info1, run)
+
+    # 1. storm -------------------------------------------------------------------------------------
+    storm_names = [n for n in names if ADAPTERS[n].storm]
+    if storm_names:
+        storm_devices = sum(devices[n] for n in storm_names)
+        await run.sim("POST", "/bench/mode", json={"platforms": storm_names, "mode": "storm"})
+        c_start = (await run.sim("GET", "/bench/stats", params={"platforms": "opengps"}))["opengps"]["cycles"]
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            st = (await run.sim("GET", "/bench/stats", params={"platforms": "opengps"}))["opengps"]
+            if st["cycles"] - c_start >= 2:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
+        n0, b0 = sub.snapshot()
+        cpu0, t0 = cpu_seconds(pid), time.time()
+        s0 = await run.sim("GET", "/bench/stats")
+        info0 = bridge_info(sub)
+        sim_cpu0 = (await run.sim("GET", "/bench/self"))["cpu"]
+        meter = CpuMeter({"bridge": pid, "simulator": sim_pid, "mosquitto": run.procs.pids["mosquitto"],
+                          "harness": os.getpid()})
+        sub.storm_times = []
+        await asyncio.sleep(args.storm)
+        machine_storm = meter.read()
+        n1, b1 = sub.snapshot()
+        cpu1, t1 = cpu_seconds(pid), time.time()
+        s1 = await run.sim("GET", "/bench/stats")
+        info1 = bridge_info(sub)
+        sim_cpu1 = (await run.sim("GET", "/bench/self"))["cpu"]
+        times, sub.storm_times = sub.storm_times, None
+        dt = t1 - t0
+        states = n1["state"] - n0["state"]
+        cycles = s1["opengps"]["cycles"] - s0["opengps"]["cycles"]
+        storm = {"seconds": round(dt, 1), "state_messages": states, "rate_msgs_s": round(states / dt, 1),
+                 "state_bytes_mean": round((b1["state"] - b0["state"]) / max(1, states), 1),
+                 "poll_cycles": cycles, "cycle_s": round(dt / cycles, 3) if cycles else None,
+                 "offered_updates_s": round(storm_devices * cycles / dt, 1),
+                 "updates_per_cycle_per_device": round(states / max(1, cycles) / storm_devices, 3),
+                 "cpu_s": round(cpu1 - cpu0, 2), "cpu_percent": round((cpu1 - cpu0) / dt * 100, 1),
+                 "cpu_s_per_1000_updates": round((cpu1 - cpu0) / states * 1000, 4) if states else None,
+                 "simulator_cpu_percent": round((sim_cpu1 - sim_cpu0) / dt * 100, 1),
+                 "burst_rate_msgs_s": burst_rate(times, storm_devices), "cpu_by_process": machine_storm}
+        polls = {n: _polls(info1, acc_of[n]) - _polls(info0, acc_of[n]) for n in names}
+        res["vendor_storm"] = vendor_efficiency(names, devices, accounts, s0, s1, info1, run)
+        res["memory_after_storm"] = memory_mb(pid)
+        res["storm"] = storm
+        log(f"{size}: storm {storm}")
+        if not states:
+            res.setdefault("diagnostics", []).append(await diagnose(run, pid, "no state messages in the storm"))
+        if args.profile:
+            res["profile"] = await profile(run, pid, args.profile_seconds)
+        await run.sim("POST", "/bench/mode", json={"mode": "quiet"})
+    res["memory_end"] = memory_mb(pid)
+    res["memory_per_device_kb"] = round(res["memory_after_startup"]["rss_mb"] * 1024 / size, 2)
+
+    # stop the bridge ------------------------------------------------------------------------------
+    run.procs.stop(bridge, 15)
+    await asyncio.sleep(0.5)
+
+    # 1b. bare client on the same broker, same subscriber ------------------------------------------
+    if storm_names and sub.samples:
+        payload_file = run.tmp / "payloads.json"
+        storm_ids = {acc_of[n] for n in storm_names}  # the storm's payloads: the tracker's state messages
+        items = [(t, p) for t, p in list(sub.samples.items()) if t.split("/")[1] in storm_ids] or list(sub.samples.items())
+        payload_file.write_text(json.dumps([[BARE + t[len(BASE):], p.decode()] for t, p in items]))
+        runs = []
+        nb0 = sub.n["bare"]
+        meter = CpuMeter({"simulator": sim_pid, "mosquitto": run.procs.pids["mosquitto"], "harness": os.getpid()})
+        for _ in range(args.bare_runs):
+            spec = {"host": "127.0.0.1", "port": port, "payloads": str(payload_file), "count": args.bare_count,
+                    "window": 32, "qos": 1, "retain": True}
+            out = await asyncio.get_running_loop().run_in_executor(None, lambda: subprocess.run(
+                [sys.executable, str(HERE / "bare.py"), json.dumps(spec)], capture_output=True, text=True,
+                timeout=300, cwd=run.tmp))
+            if out.returncode != 0:
+                raise RuntimeError(f"bare client failed: {out.stderr[-2000:]}")
+            runs.append(json.loads(out.stdout))
+        await wait_quiet(sub, 1.0, 30)
+        best = sorted(runs, key=lambda r: r["rate"])[len(runs) // 2]  # the median run
+        machine_bare = meter.read()
+        window = max(1e-9, time.time() - meter.t0)
+        bare_cpu = sum(r["cpu_s"] for r in runs)
+        machine_bare["bare_percent"] = round(bare_cpu / window * 100, 1)
+        machine_bare["others_percent"] = round(max(0.0, machine_bare["others_percent"] - bare_cpu / window * 100), 1)
+        bare = {**best, "runs": [r["rate"] for r in runs], "subscriber_received": sub.n["bare"] - nb0,
+                "subscriber_expected": args.bare_count * args.bare_runs, "cpu_by_process": machine_bare}
+        res["bare"] = bare
+        storm = res["storm"]
+        storm["efficiency"] = round(storm["rate_msgs_s"] / bare["rate"], 3) if bare["rate"] else None
+        # load-limited: the storm cannot offer 0.7 x what the bare client does (N devices, 1 s minimum scan
+        # interval) and the bridge published all of it
+        storm["load_limited"] = (storm["offered_updates_s"] < 0.7 * bare["rate"]
+                                 and storm["rate_msgs_s"] >= 0.9 * storm["offered_updates_s"])
+        ceiling = min(bare["rate"], storm["offered_updates_s"])
+        storm["efficiency_vs_offered"] = round(storm["rate_msgs_s"] / ceiling, 3) if ceiling else None
+        log(f"{size}: bare {bare}")
+
+    # 4b. the default queue limit drops retained messages for a fresh subscriber ---------------------
+    if args.queue_demo and discovery_payloads:
+        res["default_queue_demo"] = await queue_demo(run, discovery_payloads)
+        log(f"{size}: default queue demo {res['default_queue_demo']}")
+
+    run.close_subs()
+    run.procs.stop_all()
+
+    # 4c. entity-mode discovery (a separate, smaller bridge run) -------------------------------------
+    if args.entity_devices and "opengps" in names:
+        res["discovery_entity_mode"] = await entity_mode(run, min(size, args.entity_devices))
+        log(f"{size}: entity mode {res['discovery_entity_mode']}")
+
+
+async def diagnose(run: Run, pid: int, what: str) -> dict[str, Any]:
+    """What the bridge is doing when a phase saw nothing: its log tail and a py-spy dump."""
+    out: dict[str, Any] = {"what": what, "log_tail": (run.tmp / "bridge.log").read_text()[-3000:]}
+    spy = shutil.which("py-spy")
+    if spy:
+        done = await asyncio.get_running_loop().run_in_executor(None, lambda: subprocess.run(
+            [spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30))
+        out["py_spy_dump"] = done.stdout[-4000:]
+    log(f"{run.size}: DIAGNOSTICS {what}: {json.dumps(out)[:3000]}")
+    return out
+
+
+def _polls(info: dict[str, Any], account: str) -> int:
+    return int(((info.get("accounts") or {}).get(account) or {}).get("polls") or 0)
+
+
+def vendor_efficiency(names, devices, accounts, s0, s1, info, run) -> dict[str, Any]:
+    """Refresh requests per refresh cycle / the theoretical minimum, per platform. Cycles are detected
+    in the simulator host: a refresh request repeating one of the current cycle starts the next."""
+    out = {}
+    for name, acc in zip(names, accounts):
+        ad = ADAPTERS[name]
+        minimum = ad.minimum(devices[name], acc, run.caps.get(name, {}))
+        prev = s0[name].get("per_cycle") or []
+        last_t = prev[-1][0] if prev else -1.0
+        new = [c for t, c in (s1[name].get("per_cycle") or []) if t > last_t]
+        if not new:  # no cycle finished in the window: every one since the start
+            new = [c for t, c in (s1[name].get("per_cycle") or [])]
+        if new:
+            mean = statistics.mean(new)
+            c0, c1 = s0[name]["counts"], s1[name]["counts"]
+            out[name] = {"requests_per_cycle": round(mean, 2), "max": max(new), "cycles": len(new),
+                         "minimum": minimum, "efficiency": round(mean / minimum, 3), "rule": ad.rule,
+                         "all_requests_per_cycle": {k: round((v - c0.get(k, 0)) / len(new), 2)
+                                                    for k, v in sorted(c1.items()) if v > c0.get(k, 0)}}
+        else:
+            out[name] = {"requests_per_cycle": None, "cycles": 0, "minimum": minimum, "efficiency": None,
+                         "rule": ad.rule, "refresh_requests": {k: v for k, v in s1[name]["counts"].items()
+                                                               if re.search(ad.refresh, k)},
+                         "note": "no complete refresh cycle seen"}
+            # a rate-budgeted platform (AMM: 360 requests/h) spreads one refresh over minutes; its own
+            # plan, as it warns in bridge/info, is the figure then
+            warnings = " ".join(((info.get("accounts") or {}).get(acc["id"]) or {}).get("warnings", {}).values())
+            planned = re.search(r"(\d+) requests per refresh", warnings)
+            if planned:
+                n_req = int(planned.group(1))
+                out[name].update({"requests_per_cycle": n_req, "efficiency": round(n_req / minimum, 3),
+                                  "note": "planned by the plugin (its bridge/info warning), cycle not observed: "
+                                          + warnings[:300]})
+    return out
+
+
+def burst_rate(times: list[float], devices: int) -> float | None:
+    """Publish rate within bursts (gaps > 0.2 s split them) of at least half the fleet: the sender's
+    drain rate when the poll is not competing (the median burst)."""
+    if not times:
+        return None
+    bursts, start, prev, count = [], times[0], times[0], 1
+    for t in times[1:]:
+        if t - prev > 0.2:
+            bursts.append((count, prev - start))
+            start, count = t, 0
+        count += 1
+        prev = t
+    bursts.append((count, prev - start))
+    rates = [c / d for c, d in bursts if c >= devices / 2 and d > 0]
+    return round(statistics.median(rates), 1) if rates else None
+
+
+async def profile(run: Run, pid: int, seconds: float) -> dict[str, Any]:
+    """py-spy over an extra storm window (not the measured one); top functions by own and total time."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        return {"error": "py-spy not installed (pip install py-spy)"}
+    out_dir = Path(run.args.profile)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    raw = out_dir / f"storm-{run.size}.txt"
+    svg = out_dir / f"storm-{run.size}.svg"
+    base = [spy, "record", "--pid", str(pid), "--rate", "100", "--nonblocking"]
+    loop = asyncio.get_running_loop()
+    done = await loop.run_in_executor(None, lambda: subprocess.run(
+        base + ["--duration", str(int(seconds)), "--format", "raw", "-o", str(raw)],
+        capture_output=True, text=True, timeout=seconds + 60))
+    if done.returncode != 0:
+        return {"error": done.stderr[-500:]}
+    await loop.run_in_executor(None, lambda: subprocess.run(
+        base + ["--duration", str(min(int(seconds), 10)), "-o", str(svg)],
+        capture_output=True, text=True, timeout=seconds + 60))
+    return {"raw": str(raw), "svg": str(svg) if svg.exists() else None, **analyse_profile(raw)}
+
+
+STAGES = (  # (stage, frames that put a sample in it); the first match wins
+    ("SQLite state store (Store.save_states)", ("Store.save_states",)),
+    ("tracker response parsing (track_state, expiry)", ("track_state", "expiry (")),
+    ("vendor HTTP + JSON decode (tracker)", ("OpenGpsClient.",)),
+    ("other platforms' polls", ("TangoePlatform.", "LattigoPlatform.", "AirVantagePlatform.", "AmmPlatform.")),
+    ("host: coerce_state, diff, state_changed (_json), notify", ("Account.poll", "Bridge.state_changed")),
+    ("events (alarm fetch, outbox)", ("_event_loop", "fetch_events", "flush_outbox")),
+    ("MQTT publish path (sender, aiomqtt, paho)", ("MqttLink._sender", "aiomqtt/client", "paho/mqtt")),
+    ("bridge/info, status page", ("_publish_info", "Bridge.info", "status")),
+)
+
+
+def analyse_profile(raw: Path, top: int = 25) -> dict[str, Any]:
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    stages: Counter[str] = Counter()
+    samples = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        samples += n
+        frames = [_frame(f) for f in stack.split(";")]
+        frames = [f for f in frames if f]
+        if not frames:
+            continue
+        own[frames[-1]] += n
+        for f in set(frames):
+            total[f] += n
+        joined = ";".join(frames)
+        stages[next((name for name, keys in STAGES if any(k in joined for k in keys)),
+                    "event loop, idle and the rest")] += n
+    def share(c: Counter[str]) -> list[list[Any]]:
+        return [[name, round(n / samples * 100, 1)] for name, n in c.most_common(top)] if samples else []
+    return {"samples": samples, "stages_percent": share(stages), "own_percent": share(own),
+            "total_percent": share(total)}
+
+
+def _frame(frame: str) -> str:
+    # py-spy raw frames: "function (path/file.py:line)"
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    path, _, _line = where.rpartition(":")
+    path = path or where
+    for marker in ("/fleetbridge/", "/plugins/", "site-packages/", "/lib/python3"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    return f"{name} ({path})" if path else name
+
+
+async def queue_demo(run: Run, payloads: dict[str, bytes]) -> dict[str, Any]:
+    """Copy the retained discovery into a mosquitto with default queue limits, then subscribe fresh."""
+    port = await start_broker(run.procs, run.tmp, "mosquitto-default", None)
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-copy-{os.getpid()}")
+    acked = [0]
+    pub.on_publish = lambda *a: acked.__setitem__(0, acked[0] + 1)
+    pub.connect("127.0.0.1", port)
+    pub.loop_start()
+    try:
+        for topic, payload in payloads.items():
+            pub.publish(topic, payload, qos=1, retain=True)
+        await wait_until(lambda: acked[0] >= len(payloads), 120, 0.1)
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+    out: dict[str, Any] = {"broker": "mosquitto defaults (max_queued_messages 1000, max_inflight_messages 20)",
+                           "retained": len(payloads), "copied": acked[0]}
+    for qos in (0, 1):
+        t0 = time.time()
+        fresh = run.subscriber(port, [f"{PREFIX}/#"], f"bench-default-q{qos}", qos=qos)
+        await wait_until(lambda: fresh.retained > 0, 10)
+        await wait_quiet(fresh, 2.0, 60)
+        out[f"qos{qos}_received"] = fresh.retained
+        out[f"qos{qos}_seconds"] = round(fresh.last_at - t0, 2) if fresh.retained else None
+        fresh.close()
+        run.subs.remove(fresh)
+    return out
+
+
+async def entity_mode(run: Run, n: int) -> dict[str, Any]:
+    """Discovery messages and bytes per device with discovery_mode: entity (trackers, n devices)."""
+    port = await start_broker(run.procs, run.tmp, "mosquitto-entity", 0)
+    sub = run.subscriber(port, ["#"], "bench-entity")
+    sub.wait_subscribed()
+    ad = ADAPTERS["opengps"]
+    host = await start_simhost(run.procs, run.tmp, {"platforms": [
+        {"name": "opengps", "devices": n, "seed": run.args.seed, "config": ad.account("http://127.0.0.1:1", n)}]})
+    control = f"http://127.0.0.1:{host['control']}"
+    assert run.http is not None
+    async with run.http.get(control + "/bench/devices", params={"platform": "opengps"}) as resp:
+        expected = len(await resp.json())
+    acc = {"platform": "opengps", "name": "Bench entity", "id": "b_entity", "scan_interval": 5.0,
+           **ad.account(f"http://127.0.0.1:{host['ports']['opengps']}", n)}
+    config = bridge_config(run.tmp, port, [acc], "entity", "bridge-entity")
+    bridge, t_start = start_bridge(run, config, "bridge-entity")
+    node = "fleetbridge_bridge_fb_bridge-entity".replace("-", "_")
+
+    def nodes() -> list[str]:
+        return [k for k in list(sub.disc_msgs) if k.startswith("b_entity_")]
+
+    await wait_until(lambda: sub.disc_by_account["b_entity"] >= expected and len(sub.state_first) >= expected,
+                     120, 0.2)
+    await wait_quiet(sub, 1.5, 30)
+    t_all = max((sub.disc_first[k] for k in nodes()), default=None)
+    devs = nodes()
+    out = {"devices": n, "discovered": len(devs),
+           "messages_per_device": round(sum(sub.disc_msgs[k] for k in devs) / max(1, len(devs)), 2),
+           "bytes_per_device": round(sum(sub.disc_bytes[k] for k in devs) / max(1, len(devs)), 1),
+           "discovery_all_s": round(t_all - t_start, 2) if t_all else None,
+           "rss_mb": memory_mb(bridge.pid)["rss_mb"], "bridge_node": node}
+    run.procs.stop(bridge, 15)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+TARGETS = [
+    # (key, label, getter, op, threshold, unit, scope)
+    ("efficiency", "publish efficiency (bridge / bare aiomqtt)", lambda r: _g(r, "storm", "efficiency"), ">=", 0.7, "", "all"),
+    ("cpu", "CPU s per 1,000 device updates (storm)", lambda r: _g(r, "storm", "cpu_s_per_1000_updates"), "<=", 0.1, "s", "all"),
+    ("startup", "start-up: all discovery + state on the broker", lambda r: _g(r, "startup", "all_s"), "<=", 60, "s", "10k"),
+    ("rss", "bridge RSS after start-up", lambda r: _g(r, "memory_after_startup", "rss_mb"), "<=", 150, "MB", "10k"),
+    ("state_p99", "state latency beyond the poll, p99", lambda r: _g(r, "state_latency", "beyond_poll_p99_ms"), "<=", 250, "ms", "10k"),
+    ("cmd_p99", "command latency /set -> vendor, p99", lambda r: _g(r, "command_latency", "p99_ms"), "<=", 50, "ms", "10k"),
+]
+
+
+def _g(res: dict[str, Any], *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(res, dict):
+            return None
+        res = res.get(k)
+    return res
+
+
+def verdict(value: Any, op: str, threshold: float) -> str:
+    if value is None:
+        return "n/a"
+    return "met" if (value >= threshold if op == ">=" else value <= threshold) else "MISSED"
+
+
+def marginal_memory(doc: dict[str, Any]) -> None:
+    """RSS added per extra device between consecutive sizes (the fixed ~55 MB of an empty bridge
+    out): the per-device memory figure that growth is judged on."""
+    sizes = sorted(int(s) for s in doc["sizes"])
+    for lo, hi in zip(sizes, sizes[1:]):
+        a = _g(doc["sizes"][str(lo)], "memory_after_startup", "rss_mb")
+        b = _g(doc["sizes"][str(hi)], "memory_after_startup", "rss_mb")
+        if a and b:
+            doc["sizes"][str(hi)]["memory_marginal_kb_per_device"] = round((b - a) * 1024 / (hi - lo), 2)
+
+
+def evaluate(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    marginal_memory(doc)
+    sizes = sorted(int(s) for s in doc["sizes"])
+    for key, label, get, op, threshold, unit, scope in TARGETS:
+        for size in sizes:
+            res = doc["sizes"][str(size)]
+            value = get(res)
+            v = verdict(value, op, threshold)
+            if key == "efficiency" and v == "MISSED" and _g(res, "storm", "load_limited"):
+                v = "n/a (load-limited)"
+            if scope == "10k" and size != 10_000:
+                v = f"info ({v})"
+            rows.append({"target": key, "label": label, "size": size, "value": value, "op": op,
+                         "threshold": threshold, "unit": unit, "verdict": v})
+    for size in sizes:
+        res = doc["sizes"][str(size)]
+        for name, ve in {**(res.get("vendor_storm") or {}), **{k: v for k, v in (res.get("vendor_steady") or {}).items()
+                                                                if k not in (res.get("vendor_storm") or {})}}.items():
+            eff = ve.get("efficiency")
+            rows.append({"target": f"vendor:{name}", "label": f"vendor efficiency {name} ({ve['rule']})", "size": size,
+                         "value": eff, "op": "==", "threshold": 1.0, "unit": "",
+                         "verdict": "n/a" if eff is None else ("met" if abs(eff - 1.0) < 0.005 else "MISSED")})
+    if len(sizes) >= 2:
+        lo, hi = str(sizes[0]), str(sizes[-1])
+        if len(sizes) >= 3:
+            a = _g(doc["sizes"][str(sizes[1])], "memory_marginal_kb_per_device")
+            b = _g(doc["sizes"][hi], "memory_marginal_kb_per_device")
+            ratio = round(b / a, 2) if a and b else None
+            rows.append({"target": "growth", "label": f"growth: RSS added per device, {sizes[-2]}->{hi} vs "
+                         f"{lo}->{sizes[1]} (ratio)", "size": int(hi), "value": ratio, "op": "<=", "threshold": 1.1,
+                         "unit": "x", "verdict": verdict(ratio, "<=", 1.1)})
+        for label, keys in (("CPU per 1,000 updates", ("storm", "cpu_s_per_1000_updates")),
+                            ("start-up s per 1,000 devices", None),
+                            ("steady CPU per cycle per 1,000 devices", ("steady", "cpu_s_per_cycle_per_1000_devices"))):
+            if keys is None:
+                a = _startup_per_k(doc["sizes"][lo], int(lo))
+                b = _startup_per_k(doc["sizes"][hi], int(hi))
+            else:
+                a, b = _g(doc["sizes"][lo], *keys), _g(doc["sizes"][hi], *keys)
+            ratio = round(b / a, 2) if a and b else None
+            rows.append({"target": "growth", "label": f"growth {lo}->{hi}: {label} (ratio)", "size": int(hi),
+                         "value": ratio, "op": "<=", "threshold": 1.1, "unit": "x",
+                         "verdict": verdict(ratio, "<=", 1.1)})
+    return rows
+
+
+def _startup_per_k(res: dict[str, Any], size: int) -> float | None:
+    s = _g(res, "startup", "all_s")
+    return s / size * 1000 if s else None
+
+
+FIGURES = [
+    ("storm: bridge publish rate (msgs/s)", ("storm", "rate_msgs_s")),
+    ("storm: offered updates/s (devices x cycles/s)", ("storm", "offered_updates_s")),
+    ("storm: poll cycle (s)", ("storm", "cycle_s")),
+    ("storm: bridge burst drain rate (msgs/s)", ("storm", "burst_rate_msgs_s")),
+    ("bare aiomqtt QoS 1, 32 in flight (msgs/s)", ("bare", "rate")),
+    ("bare aiomqtt CPU s per 1,000", ("bare", "cpu_per_1000")),
+    ("publish efficiency (bridge/bare)", ("storm", "efficiency")),
+    ("publish efficiency vs min(bare, offered)", ("storm", "efficiency_vs_offered")),
+    ("storm: bridge CPU s per 1,000 updates", ("storm", "cpu_s_per_1000_updates")),
+    ("storm: bridge CPU %", ("storm", "cpu_percent")),
+    ("storm: state message bytes, payload + topic (mean)", ("storm", "state_bytes_mean")),
+    ("storm: mosquitto CPU %", ("storm", "cpu_by_process", "mosquitto_percent")),
+    ("storm: harness (subscriber) CPU %", ("storm", "cpu_by_process", "harness_percent")),
+    ("storm: other processes on the box CPU % (noise)", ("storm", "cpu_by_process", "others_percent")),
+    ("bare run: other processes CPU % (noise)", ("bare", "cpu_by_process", "others_percent")),
+    ("state latency beyond poll p50 (ms)", ("state_latency", "beyond_poll_p50_ms")),
+    ("state latency beyond poll p99 (ms)", ("state_latency", "beyond_poll_p99_ms")),
+    ("command /set -> vendor p50 (ms)", ("command_latency", "p50_ms")),
+    ("command /set -> vendor p99 (ms)", ("command_latency", "p99_ms")),
+    ("start-up: all discovery on broker (s)", ("startup", "discovery_all_s")),
+    ("start-up: all state on broker (s)", ("startup", "state_all_s")),
+    ("fresh HA subscriber, max_queued 0: received", ("fresh_subscriber", "received")),
+    ("fresh HA subscriber, max_queued 0: seconds", ("fresh_subscriber", "seconds")),
+    ("default broker: retained discovery", ("default_queue_demo", "retained")),
+    ("default broker: fresh QoS 0 subscriber got", ("default_queue_demo", "qos0_received")),
+    ("default broker: fresh QoS 1 subscriber got", ("default_queue_demo", "qos1_received")),
+    ("discovery msgs/device (device mode)", ("discovery_device_mode", "messages_per_device")),
+    ("discovery bytes/device (device mode)", ("discovery_device_mode", "bytes_per_device")),
+    ("discovery msgs/device (entity mode)", ("discovery_entity_mode", "messages_per_device")),
+    ("discovery bytes/device (entity mode)", ("discovery_entity_mode", "bytes_per_device")),
+    ("initial event fetch: alarm requests", ("event_fetch", "requests")),
+    ("initial event fetch: seconds", ("event_fetch", "seconds")),
+    ("initial event fetch: event messages (past hour)", ("event_fetch", "event_messages_published")),
+    ("event fetch: bridge CPU ms per alarm request", ("event_fetch", "bridge_cpu_ms_per_request")),
+    ("event fetch at default event_interval 60 s: CPU %", ("event_fetch", "cpu_percent_at_default_event_interval")),
+    ("RSS after start-up (MB)", ("memory_after_startup", "rss_mb")),
+    ("RSS peak (MB)", ("memory_end", "hwm_mb")),
+    ("RSS / devices (KB, fixed part included)", ("memory_per_device_kb",)),
+    ("RSS added per device vs the previous size (KB)", ("memory_marginal_kb_per_device",)),
+    ("steady: msgs/min (at scan_interval 1 s)", ("steady", "messages_per_min")),
+    ("steady: bytes/min (at scan_interval 1 s)", ("steady", "bytes_per_min")),
+    ("steady: msgs per poll cycle", ("steady", "messages_per_cycle")),
+    ("steady: tracker state msgs/min (its world stopped)", ("steady", "state_messages_per_min_by_platform", "opengps")),
+    ("steady: CPU % (at scan_interval 1 s)", ("steady", "cpu_percent")),
+    ("steady: CPU s per poll cycle", ("steady", "cpu_s_per_cycle")),
+    ("steady at default scan_interval: msgs/min", ("steady", "at_default_scan_interval", "messages_per_min")),
+    ("steady at default scan_interval: CPU %", ("steady", "at_default_scan_interval", "cpu_percent")),
+]
+
+
+def table(doc: dict[str, Any]) -> str:
+    sizes = sorted(doc["sizes"], key=int)
+    lines = [f"fleetbridge benchmark, commit {doc['commit']}, {doc['machine']['cpus']} CPUs, "
+             f"python {doc['machine']['python']}, {doc['machine']['mosquitto']}", ""]
+    head = "| figure | " + " | ".join(f"{int(s):,}" for s in sizes) + " |"
+    lines += [head, "|---|" + "---:|" * len(sizes)]
+    for label, keys in FIGURES:
+        vals = [_g(doc["sizes"][s], *keys) for s in sizes]
+        if all(v is None for v in vals):
+            continue
+        lines.append(f"| {label} | " + " | ".join("-" if v is None else f"{v:,}" if isinstance(v, (int, float))
+                                                 else str(v) for v in vals) + " |")
+    names = []
+    for s in sizes:
+        for name in (doc["sizes"][s].get("vendor_storm") or doc["sizes"][s].get("vendor_steady") or {}):
+            if name not in names:
+                names.append(name)
+    for name in names:
+        cells = []
+        for s in sizes:
+            ve = (doc["sizes"][s].get("vendor_storm") or {}).get(name) or \
+                (doc["sizes"][s].get("vendor_steady") or {}).get(name)
+            if not ve or ve.get("requests_per_cycle") is None:
+                cells.append("-")
+            else:
+                mark = "*" if "planned" in (ve.get("note") or "") else ""
+                cells.append(f"{ve['requests_per_cycle']:g}{mark} / {ve['minimum']} = {ve['efficiency']:.2f}")
+        lines.append(f"| vendor {name}: refresh requests / minimum = efficiency | " + " | ".join(cells) + " |")
+    lines += ["", "| target | size | value | target | verdict |", "|---|---:|---:|---:|---|"]
+    for row in doc["targets"]:
+        val = "-" if row["value"] is None else f"{row['value']:,}"
+        lines.append(f"| {row['label']} | {row['size']:,} | {val} {row['unit']} | {row['op']} {row['threshold']:g} "
+                     f"{row['unit']} | {row['verdict']} |")
+    if any("*" in line for line in lines if line.startswith("| vendor")):
+        lines.append("\n\\* planned by the plugin under its vendor rate budget (bridge/info warning); no full cycle "
+                     "was observed in the window")
+    skipped = {n: why for s in sizes for n, why in (doc["sizes"][s].get("skipped_platforms") or {}).items()}
+    for name, why in skipped.items():
+        lines.append(f"\nskipped platform {name}: {why}")
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    try:
+        mq = subprocess.run([mosquitto_binary(), "-h"], capture_output=True, text=True, timeout=5).stdout.splitlines()[0]
+    except Exception:  # noqa: BLE001
+        mq = "mosquitto ?"
+    import importlib.metadata as md
+    return {"cpus": os.cpu_count(), "python": pyplatform.python_version(), "mosquitto": mq,
+            "aiomqtt": md.version("aiomqtt"), "paho-mqtt": md.version("paho-mqtt"),
+            "kernel": pyplatform.release()}
+
+
+def commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "fleetbridge", "plugins"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="1000,10000", help="device counts, comma separated (default 1000,10000)")
+    p.add_argument("--platforms", default=",".join(ADAPTERS), help="platforms to include when their plugin loads")
+    p.add_argument("--json", help="also write the JSON document to this file")
+    p.add_argument("--tracker-share", type=float, default=0.8,
+                   help="share of the devices given to the tracker (the storm platform) when others run too")
+    p.add_argument("--profile", metavar="DIR", help="py-spy the bridge during an extra storm window; output in DIR")
+    p.add_argument("--profile-seconds", type=float, default=15)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--storm", type=float, default=10, help="seconds of measured storm")
+    p.add_argument("--steady", type=float, default=15, help="seconds of measured steady state")
+    p.add_argument("--latency-cycles", type=int, default=5)
+    p.add_argument("--latency-timeout", type=float, default=90)
+    p.add_argument("--probes-per-cycle", type=int, default=40)
+    p.add_argument("--commands", type=int, default=60, help="reboot presses for the command latency (0: skip)")
+    p.add_argument("--command-gap", type=float, default=0.05)
+    p.add_argument("--bare-count", type=int, default=20000)
+    p.add_argument("--bare-runs", type=int, default=3)
+    p.add_argument("--entity-devices", type=int, default=300, help="devices of the entity-mode run (0: skip)")
+    p.add_argument("--no-queue-demo", dest="queue_demo", action="store_false")
+    p.add_argument("--startup-timeout", type=float, default=300)
+    p.add_argument("--wait-quiet", type=float, default=0, metavar="S",
+                   help="before each size, wait up to S seconds for the machine to be quiet (shared boxes)")
+    p.add_argument("--quiet-limit", type=float, default=30, help="percent busy (all cores) that counts as quiet")
+    p.add_argument("--report", nargs="+", metavar="JSON",
+                   help="no run: merge JSON documents of earlier runs (sizes), re-evaluate and print the table")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directories (logs, configs)")
+    args = p.parse_args(argv)
+    args.sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s]
+    args.platforms = [s.strip() for s in args.platforms.split(",") if s.strip()]
+    return args
+
+
+def report(files: list[str], out: str | None) -> int:
+    doc: dict[str, Any] = {"sizes": {}}
+    for f in files:
+        part = json.loads(Path(f).read_text())
+        for k, v in part.items():
+            if k == "sizes":
+                doc["sizes"].update(v)
+            elif k not in doc:
+                doc[k] = v
+        doc.setdefault("commits", {})[f] = part.get("commit")
+    doc["targets"] = evaluate(doc)
+    text = json.dumps(doc, indent=1, default=str)
+    if out:
+        Path(out).write_text(text)
+    print(table(doc))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.report:
+        return report(args.report, args.json)
+    doc: dict[str, Any] = {"commit": commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                           "machine": machine(), "scan_interval_s": SCAN_INTERVAL, "sizes": {}}
+
+    def interrupted(signum, frame):  # SIGTERM: unwind so every child is stopped
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    t0 = time.monotonic()
+    for size in args.sizes:
+        ts = time.monotonic()
+        doc["sizes"][str(size)] = asyncio.run(run_size(size, args))
+        doc["sizes"][str(size)]["wall_s"] = round(time.monotonic() - ts, 1)
+        log(f"{size}: done in {doc['sizes'][str(size)]['wall_s']} s")
+    doc["wall_s"] = round(time.monotonic() - t0, 1)
+    doc["targets"] = evaluate(doc)
+    text = json.dumps(doc, indent=1, default=str)
+    if args.json:
+        Path(args.json).write_text(text)
+    print(text)
+    print(table(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
