@@ -223,13 +223,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     creds = dict(kv.split("=", 1) for kv in args.credential)
     config = {"account": "demo", "password": "demo-password", "key_name": "demo", "api_key": "demo-key",
-              "client_id": "demo", "client_secret": "demo-secret", "username": "demo", **creds}
+              "client_id": "demo", "client_secret": "demo-secret", "username": "demo", "tenant": "demo", **creds}
     app = cls.create_simulator(config, args.devices, args.seed)
     if app is None:
         print(f"platform {args.platform} has no simulator", file=sys.stderr)
         return EXIT_CONFIG
-    print(f"{cls.title} simulator: {args.devices} devices on http://{args.host}:{args.port} "
-          f"(credentials: {', '.join(f'{k}={v}' for k, v in creds.items()) or 'account=demo password=demo-password'})",
+    keys = {str(marker.schema) for marker in cls.CONFIG_SCHEMA.schema}
+    shown = ", ".join(f"{k}={v}" for k, v in config.items() if k in keys)
+    print(f"{cls.title} simulator: {args.devices} devices on http://{args.host}:{args.port} (credentials: {shown})",
           flush=True)
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
     return 0
