@@ -18,7 +18,7 @@ from aioresponses import CallbackResult, aioresponses
 from fleetbridge_plugins.lattigo.api import LattigoClient
 from fleetbridge_plugins.lattigo.platform import LattigoPlatform
 
-from ..compat import MockResponse
+from ..compat import FakeContext as BaseContext, MockResponse
 
 BASE = "https://lattigo.example.test"
 KEY_NAME = "fleet-key"
@@ -130,46 +130,11 @@ class FakeClock:
         self.t += seconds
 
 
-class FakeContext:
-    """A minimal :class:`fleetbridge.platform.AccountContext`; resolve_call results are recorded."""
+class FakeContext(BaseContext):
+    """The recording context; only calls in ``open_refs`` are open for resolve_call."""
 
     def __init__(self, session: aiohttp.ClientSession, config: dict[str, Any]) -> None:
-        self.account_id = "sims"
-        self.config = config
-        self.session = session
-        self.rates: list[str] = []
-        self.secrets: set[str] = set()
-        self.warnings: dict[str, str] = {}
-        self.kv: dict[str, Any] = {}
-        self.resolved: list[tuple[str, str, str]] = []
-        self.open_refs: set[str] = set()
-        self.poll_requests = 0
-
-    async def rate(self, kind: str) -> None:
-        assert kind in LattigoPlatform.RATE_LIMITS, kind
-        self.rates.append(kind)
-
-    def add_secret(self, value: str) -> None:
-        self.secrets.add(value)
-
-    def warn(self, code: str, message: str | None) -> None:
-        if message is None:
-            self.warnings.pop(code, None)
-        else:
-            self.warnings[code] = message
-
-    async def kv_get(self, key: str) -> Any:
-        return self.kv.get(key)
-
-    async def kv_set(self, key: str, value: Any) -> None:
-        self.kv[key] = json.loads(json.dumps(value))
-
-    def resolve_call(self, vendor_ref: str, status: str, detail: str = "") -> bool:
-        self.resolved.append((vendor_ref, status, detail))
-        return vendor_ref in self.open_refs
-
-    def request_poll(self) -> None:
-        self.poll_requests += 1
+        super().__init__(session, config, account_id="sims", kinds=LattigoPlatform.RATE_LIMITS, open_refs=set())
 
 
 def make_config(**overrides: Any) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from aioresponses import CallbackResult, aioresponses
 
 from fleetbridge_plugins.opengps.api import OpenGpsClient
 
-from ..compat import MockResponse
+from ..compat import FakeContext as BaseContext, MockResponse
 from fleetbridge_plugins.opengps.platform import OpenGpsPlatform
 
 BASE = "https://gps.example.test"
@@ -139,38 +139,11 @@ def http_date(ts: float) -> str:
     return formatdate(ts, usegmt=True)
 
 
-class FakeContext:
-    """A minimal :class:`fleetbridge.platform.AccountContext` for unit tests."""
+class FakeContext(BaseContext):
+    """The recording context, for the tracker."""
 
     def __init__(self, session: aiohttp.ClientSession, config: dict[str, Any]) -> None:
-        self.account_id = "vans"
-        self.config = config
-        self.session = session
-        self.rates: list[str] = []
-        self.secrets: set[str] = set()
-        self.warnings: dict[str, str] = {}
-        self.warn_calls: list[tuple[str, str | None]] = []
-        self.kv: dict[str, Any] = {}
-
-    async def rate(self, kind: str) -> None:
-        assert kind in OpenGpsPlatform.RATE_LIMITS, kind
-        self.rates.append(kind)
-
-    def add_secret(self, value: str) -> None:
-        self.secrets.add(value)
-
-    def warn(self, code: str, message: str | None) -> None:
-        self.warn_calls.append((code, message))
-        if message is None:
-            self.warnings.pop(code, None)
-        else:
-            self.warnings[code] = message
-
-    async def kv_get(self, key: str) -> Any:
-        return self.kv.get(key)
-
-    async def kv_set(self, key: str, value: Any) -> None:
-        self.kv[key] = json.loads(json.dumps(value))
+        super().__init__(session, config, account_id="vans", kinds=OpenGpsPlatform.RATE_LIMITS)
 
 
 def make_config(**overrides: Any) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from fleetbridge_plugins.sierra.airvantage import AirVantagePlatform
 from fleetbridge_plugins.sierra.amm import AmmPlatform
 from fleetbridge_plugins.sierra.clock import ManualClock
 
-from ..compat import MockResponse
+from ..compat import FakeContext as BaseContext, MockResponse
 
 BASE = "https://amm.example.test"
 CLIENT_ID = "fleetbridge-client"
@@ -123,45 +123,12 @@ def _result(reply: Any) -> CallbackResult:
                           response_class=MockResponse)
 
 
-class FakeContext:
-    """A minimal :class:`fleetbridge.platform.AccountContext`."""
+class FakeContext(BaseContext):
+    """The recording context, for the Sierra platforms."""
 
     def __init__(self, session: aiohttp.ClientSession, config: dict[str, Any], kv: dict[str, Any] | None = None,
                  kinds: tuple[str, ...] = ("auth", "api")) -> None:
-        self.account_id = "gw"
-        self.config = config
-        self.session = session
-        self.kinds = kinds
-        self.rates: list[str] = []
-        self.secrets: set[str] = set()
-        self.warnings: dict[str, str] = {}
-        self.kv: dict[str, Any] = kv if kv is not None else {}
-        self.kv_writes: list[tuple[str, Any]] = []
-        self.resolved: list[tuple[str, str, str]] = []
-
-    async def rate(self, kind: str) -> None:
-        assert kind in self.kinds, kind
-        self.rates.append(kind)
-
-    def add_secret(self, value: str) -> None:
-        self.secrets.add(value)
-
-    def warn(self, code: str, message: str | None) -> None:
-        if message is None:
-            self.warnings.pop(code, None)
-        else:
-            self.warnings[code] = message
-
-    async def kv_get(self, key: str) -> Any:
-        return self.kv.get(key)
-
-    async def kv_set(self, key: str, value: Any) -> None:
-        self.kv[key] = json.loads(json.dumps(value))
-        self.kv_writes.append((key, self.kv[key]))
-
-    def resolve_call(self, vendor_ref: str, status: str, detail: str = "") -> bool:
-        self.resolved.append((vendor_ref, status, detail))
-        return True
+        super().__init__(session, config, account_id="gw", kinds=kinds, kv=kv)
 
 
 def amm_config(**overrides: Any) -> dict[str, Any]:

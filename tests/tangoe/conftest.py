@@ -17,7 +17,7 @@ from aioresponses import CallbackResult, aioresponses
 from fleetbridge_plugins.tangoe.platform import TangoePlatform
 from fleetbridge_plugins.tangoe.simulator import API_PREFIX, TOKEN_PATH, create_app
 
-from ..compat import MockResponse
+from ..compat import FakeContext as BaseContext, MockResponse
 
 BASE = "https://tngo-mobproc.example.test/mobproc/v1"
 TOKEN_URL = "https://sso.example.test/as/token.oauth2"
@@ -155,43 +155,11 @@ def key_path(key: str) -> str:
     return {"devices": "assets/devices", "services": "assets/services"}.get(key, key)
 
 
-class FakeContext:
-    """A minimal :class:`fleetbridge.platform.AccountContext`."""
+class FakeContext(BaseContext):
+    """The recording context, for Tangoe."""
 
     def __init__(self, session: aiohttp.ClientSession, config: dict[str, Any]) -> None:
-        self.account_id = "phones"
-        self.config = config
-        self.session = session
-        self.rates: list[str] = []
-        self.secrets: set[str] = set()
-        self.warnings: dict[str, str] = {}
-        self.kv: dict[str, Any] = {}
-        self.kv_writes: list[tuple[str, Any]] = []
-        self.resolved: list[tuple[str, str, str]] = []
-
-    async def rate(self, kind: str) -> None:
-        assert kind in TangoePlatform.RATE_LIMITS, kind
-        self.rates.append(kind)
-
-    def add_secret(self, value: str) -> None:
-        self.secrets.add(value)
-
-    def warn(self, code: str, message: str | None) -> None:
-        if message is None:
-            self.warnings.pop(code, None)
-        else:
-            self.warnings[code] = message
-
-    async def kv_get(self, key: str) -> Any:
-        return json.loads(json.dumps(self.kv.get(key)))
-
-    async def kv_set(self, key: str, value: Any) -> None:
-        self.kv[key] = json.loads(json.dumps(value))
-        self.kv_writes.append((key, self.kv[key]))
-
-    def resolve_call(self, vendor_ref: str, status: str, detail: str = "") -> bool:
-        self.resolved.append((vendor_ref, status, detail))
-        return True
+        super().__init__(session, config, account_id="phones", kinds=TangoePlatform.RATE_LIMITS)
 
 
 def make_config(**overrides: Any) -> dict[str, Any]:
