@@ -6,7 +6,7 @@ group) and 10,000 per hour system-wide. The plan:
 * **Batches** (:func:`plan_batches`): one group request covers a group and its subgroups, at most
   ``cap`` (100) gateways; a bigger group is split by subgroup, and gateways sitting directly in a
   too-big group (or outside any known group, or on a server without the bulk endpoint) are asked one
-  by one.
+  by one: the fewest requests the documented API allows, not always ``ceil(N / cap)`` (README).
 * **Interval** (:func:`refresh_interval`): the fastest refresh the budget allows is
   ``requests per refresh x 3600 / usable requests per hour``; the configured ``scan_interval`` is
   used when it is slower, else the achievable interval (and the platform warns).
@@ -52,41 +52,72 @@ class Batch:
     uids: tuple[str, ...]
 
 
+class _Fleet:
+    """The systems list's gateways hung on the group tree, each on exactly one group.
+
+    Sibling groups whose names differ only in case fold to one path: the systems list cannot tell which
+    of them holds a gateway, so its gateways hang on the first of them and none of them is asked by id
+    (an ancestor's request still returns them all).
+    """
+
+    def __init__(self, roots: Sequence[Group], gateways: Sequence[Gateway]) -> None:
+        self.members: dict[tuple[str, ...], list[str]] = {}
+        for gw in gateways:
+            self.members.setdefault(fold(gw.path), []).append(gw.uid)
+        self.owner: dict[tuple[str, ...], Group] = {}
+        self.ambiguous: set[tuple[str, ...]] = set()
+        for group in (g for root in roots for g in root.walk()):
+            if self.owner.setdefault(fold(group.path), group) is not group:
+                self.ambiguous.add(fold(group.path))
+        self._totals: dict[int, int] = {}
+
+    def own(self, group: Group) -> list[str]:
+        """The gateways directly in ``group``."""
+        path = fold(group.path)
+        return self.members.get(path, []) if self.owner.get(path) is group else []
+
+    def total(self, group: Group) -> int:
+        """Gateways in ``group`` and its subgroups."""
+        if id(group) not in self._totals:
+            self._totals[id(group)] = len(self.own(group)) + sum(self.total(c) for c in group.children)
+        return self._totals[id(group)]
+
+    def askable(self, group: Group) -> bool:
+        """Whether a group data request by id returns exactly the gateways we hang on ``group``."""
+        return group.id is not None and fold(group.path) not in self.ambiguous
+
+    def outside(self) -> list[str]:
+        """Gateways whose group path matches no group of the tree."""
+        return [uid for path, uids in self.members.items() if path not in self.owner for uid in uids]
+
+
 def plan_batches(roots: Sequence[Group] | None, gateways: Sequence[Gateway], cap: int) -> list[Batch]:
-    """Cover every gateway exactly once with as few requests as the ``cap`` allows."""
-    members: dict[tuple[str, ...], list[str]] = {}
-    for gw in gateways:
-        members.setdefault(fold(gw.path), []).append(gw.uid)
-    batches: list[Batch] = []
-    covered: set[tuple[str, ...]] = set()
-    totals: dict[int, int] = {}
+    """Cover every gateway exactly once with the fewest requests the AMM API allows.
 
-    def total(group: Group) -> int:
-        if id(group) not in totals:
-            totals[id(group)] = len(members.get(fold(group.path), ())) + sum(total(c) for c in group.children)
-        return totals[id(group)]
+    The only bulk read, a group data request, returns a whole subtree, so a plan is a set of disjoint
+    subtrees of at most ``cap`` gateways plus single requests for the rest. Taking each subtree that
+    fits from the top down is optimal: a fitting subtree costs one request, and no cheaper cover of its
+    gateways exists (its ancestors do not fit); a gateway directly in a group too big to fit can only be
+    asked alone. ``ceil(N / cap)`` is reached only when the tree's subtrees pack that tightly.
+    """
+    fleet = _Fleet(roots or (), gateways)
+    planned = [batch for root in roots or () for batch in _plan_group(fleet, root, cap)]
+    return planned + _singles(fleet.outside())
 
-    def subtree_uids(group: Group) -> tuple[str, ...]:
-        return tuple(uid for g in group.walk() for uid in members.get(fold(g.path), ()))
 
-    def plan(group: Group) -> None:
-        for g in group.walk():
-            covered.add(fold(g.path))
-        if total(group) == 0:
-            return
-        if group.id is not None and total(group) <= cap:
-            batches.append(Batch(group.id, "/".join(group.path), subtree_uids(group)))
-            return
-        for child in group.children:
-            plan(child)
-        batches.extend(Batch(None, uid, (uid,)) for uid in members.get(fold(group.path), ()))
+def _plan_group(fleet: _Fleet, group: Group, cap: int) -> list[Batch]:
+    """One request for ``group`` when it fits, else its subgroups' plans and its own gateways alone."""
+    if fleet.total(group) == 0:
+        return []
+    if fleet.askable(group) and fleet.total(group) <= cap:
+        uids = tuple(uid for g in group.walk() for uid in fleet.own(g))
+        return [Batch(group.id, "/".join(group.path), uids)]
+    return [batch for child in group.children for batch in _plan_group(fleet, child, cap)] + _singles(fleet.own(group))
 
-    for root in roots or ():
-        plan(root)
-    for path, uids in members.items():  # gateways outside the known tree
-        if path not in covered:
-            batches.extend(Batch(None, uid, (uid,)) for uid in uids)
-    return batches
+
+def _singles(uids: Sequence[str]) -> list[Batch]:
+    """One single-gateway request each."""
+    return [Batch(None, uid, (uid,)) for uid in uids]
 
 
 def usable_per_hour(limit: int, share: float, overhead_per_hour: float) -> int:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 from typing import Any
 
 import pytest
-from fleetbridge_plugins.sierra.amm_api import Gateway, Group
+from aiohttp.test_utils import make_mocked_request
+from fleetbridge_plugins.sierra.amm_api import Gateway, Group, parse_group_data, parse_group_tree, parse_systems
 from fleetbridge_plugins.sierra.amm_plan import (
     Batch,
     RefreshScheduler,
@@ -15,7 +18,10 @@ from fleetbridge_plugins.sierra.amm_plan import (
     refresh_interval,
     usable_per_hour,
 )
+from fleetbridge_plugins.sierra.amm_sim import AmmSimulator
 from fleetbridge_plugins.sierra.clock import ManualClock
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fleetbridge.errors import AuthFailed, Unreachable
 
@@ -36,8 +42,8 @@ def members(root: Group, spec: dict[str, Any]) -> list[Gateway]:
     out: list[Gateway] = []
 
     def add(group: Group, node: dict[str, Any]) -> None:
-        out.extend(Gateway(uid=f"{group.name}-{i}", name=f"{group.name}-{i}", path=group.path)
-                   for i in range(node.get("gw", 0)))
+        uids = [f"{'/'.join(group.path)}-{i}" for i in range(node.get("gw", 0))]
+        out.extend(Gateway(uid=uid, name=uid, path=group.path) for uid in uids)
         for child, (_, sub) in zip(group.children, (node.get("sub") or {}).items()):
             add(child, sub)
 
@@ -84,6 +90,107 @@ def test_group_paths_match_case_insensitively() -> None:
     root = tree({"All Gateways": {"sub": {"Vans": {"gw": 2}}}})
     gateways = [Gateway("a", "a", ("All gateways", "VANS")), Gateway("b", "b", ("all gateways", "vans"))]
     assert [(b.label, b.uids) for b in plan_batches([root], gateways, 100)] == [("All Gateways", ("a", "b"))]
+
+
+def test_sibling_groups_differing_only_in_case_are_never_asked_by_id() -> None:
+    spec = {"All": {"sub": {"Vans": {"gw": 2}, "VANS": {"gw": 1}}}}
+    root = tree(spec)
+    gateways = members(root, spec)
+    assert [b.label for b in plan_batches([root], gateways, 100)] == ["All"]
+    batches = plan_batches([root], gateways, 2)  # the top no longer fits: which group holds a gateway is unknown
+    assert [b.group_id for b in batches] == [None] * 3
+    assert sorted(u for b in batches for u in b.uids) == sorted(g.uid for g in gateways)
+
+
+# --- the plan is the fewest requests the API allows -----------------------------------------------
+
+def size(node: dict[str, Any]) -> int:
+    return node.get("gw", 0) + sum(size(s) for s in (node.get("sub") or {}).values())
+
+
+def fewest(group: Group, node: dict[str, Any], cap: int) -> int:
+    """The optimum by exhaustive choice at every group: one request for its subtree (if it fits and has an
+    id), or its subgroups' optima plus one request per gateway directly in it."""
+    if size(node) == 0:
+        return 0
+    subs = zip(group.children, (node.get("sub") or {}).values())
+    split = node.get("gw", 0) + sum(fewest(child, sub, cap) for child, sub in subs)
+    return min(split, 1) if group.id is not None and size(node) <= cap else split
+
+
+def check_plan(root: Group, gateways: list[Gateway], cap: int) -> list[Batch]:
+    """Every gateway exactly once, no request over the cap, a group request's uids = its whole subtree."""
+    batches = plan_batches([root], gateways, cap)
+    assert sorted(u for b in batches for u in b.uids) == sorted(g.uid for g in gateways)
+    groups = {g.id: g.path for g in root.walk()}
+    for b in batches:
+        assert 1 <= len(b.uids) <= (cap if b.group_id else 1)
+        if b.group_id is not None:
+            path = groups[b.group_id]
+            assert set(b.uids) == {g.uid for g in gateways if g.path[:len(path)] == path}
+    assert len(batches) >= math.ceil(len(gateways) / cap)
+    return batches
+
+
+def spec_of(node: dict[str, Any]) -> dict[str, Any]:
+    return {"All": node}
+
+
+nodes = st.recursive(
+    st.builds(lambda n: {"gw": n}, st.integers(0, 130)),
+    lambda kids: st.builds(lambda n, subs: {"gw": n, "sub": {f"G{i}": s for i, s in enumerate(subs)}},
+                           st.integers(0, 40), st.lists(kids, max_size=4)),
+    max_leaves=16)
+
+
+@settings(max_examples=300, deadline=None)
+@given(node=nodes, cap=st.sampled_from([1, 7, 50, 100, 150]), id_less=st.sets(st.integers(1, 30), max_size=3))
+def test_plan_covers_each_gateway_once_with_the_fewest_requests(node: dict[str, Any], cap: int,
+                                                                 id_less: set[int]) -> None:
+    root = tree(spec_of(node))
+    for group in root.walk():
+        group.id = None if int(group.id or 0) in id_less else group.id
+    batches = check_plan(root, members(root, spec_of(node)), cap)
+    assert len(batches) == fewest(root, node, cap)
+
+
+@pytest.mark.parametrize(("node", "requests"), [
+    ({"sub": {f"Depot {i}": {"gw": 100} for i in range(5)} | {"Spare": {"gw": 37}}}, 6),  # flat, full groups
+    ({"gw": 1, "sub": {"A": {"gw": 30, "sub": {"B": {"gw": 30, "sub": {"C": {"gw": 39}}}}}}}, 1),  # deep
+    ({"sub": {"Buses": {"sub": {"North": {"gw": 100}, "South": {"gw": 100}, "Spare": {"gw": 50}}}}}, 3),  # > cap
+    ({"sub": {"Region": {"sub": {"A": {"gw": 20}, "B": {"gw": 30}, "C": {"gw": 50}}}, "D": {"gw": 100}}}, 2),
+])
+def test_plan_reaches_ceil_n_over_cap_where_the_tree_allows(node: dict[str, Any], requests: int) -> None:
+    root = tree(spec_of(node))
+    gateways = members(root, spec_of(node))
+    assert len(check_plan(root, gateways, 100)) == requests == math.ceil(len(gateways) / 100)
+
+
+def test_a_flat_group_over_the_cap_can_only_be_asked_gateway_by_gateway() -> None:
+    """The API has no request by a list of uids: the README's advice is subgroups of at most 100."""
+    spec = spec_of({"sub": {"Buses": {"gw": 250}}})
+    root = tree(spec)
+    batches = check_plan(root, members(root, spec), 100)
+    assert len(batches) == 250 and all(b.group_id is None for b in batches)
+
+
+async def answer(handler: Any, path: str, **match: str) -> Any:
+    return json.loads((await handler(make_mocked_request("GET", path, match_info=match))).body)
+
+
+@pytest.mark.parametrize("devices", [500, 2500])
+async def test_simulator_fleet_plan_is_optimal_and_each_group_request_answers_its_batch(devices: int) -> None:
+    sim = AmmSimulator(clients={}, users={}, devices=devices, seed=1)
+    [root] = parse_group_tree(await answer(sim.groups_tree, "/api/v1/systems/groups"))
+    gateways = parse_systems(await answer(sim.systems, "/api/v1/systems"))
+    batches = check_plan(root, gateways, 100)
+    depots = [g for g in sim.root.walk() if g.name.startswith("Depot")]
+    assert all(40 <= g.size() <= 80 for g in depots[:-1]) and len(sim.root.gateways) == 1
+    assert len(batches) == sum(1 + (r.size() > 100) for r in sim.root.children) + 1  # a region, or its 2 depots
+    for b in [b for b in batches if b.group_id is not None]:
+        data = await answer(sim.group_data, f"/api/v1/systems/groups/{b.group_id}/data?ids=CellLink-RSSI",
+                            group=b.group_id)
+        assert sorted(parse_group_data(data)) == sorted(b.uids)
 
 
 @pytest.mark.parametrize(("requests", "per_hour", "wanted", "expected"), [
