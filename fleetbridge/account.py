@@ -33,6 +33,7 @@ AUTH_RETRY = 3600.0  # refused credentials: wait an hour (or a config change / r
 BACKOFF_MAX = 300.0
 CALL_TIMEOUT = 600.0
 YIELD_EVERY = 200  # devices handled between two turns of the event loop in a poll
+STATE_SAVE_EVERY = 30.0  # seconds between writes of changed states to the store
 
 
 @dataclass(slots=True)
@@ -121,6 +122,8 @@ class Account:
         self.requests: dict[str, int] = {}  # vendor requests by kind
         self.errors: dict[str, int] = {}  # failures by error type
         self.polls = 0  # successful polls
+        self._unsaved: dict[str, tuple[bytes, float]] = {}  # slug -> (state JSON, at) not yet stored
+        self._saved_at = time.monotonic()
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._discovered_at = 0.0
@@ -200,7 +203,13 @@ class Account:
         except VendorError as err:
             raise FleetbridgeError(f"{self.id}: {friendly(err)}") from None
 
+    @property
+    def scan_interval(self) -> float:
+        data = self.config.data
+        return data.get("scan_interval") or (self.platform_cls.DEFAULT_SCAN_INTERVAL if self.platform_cls else 60.0)
+
     async def close(self) -> None:
+        self.save_states(force=True)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -322,8 +331,7 @@ class Account:
     # -- polling ------------------------------------------------------------------------------
     async def _poll_loop(self) -> None:
         data = self.config.data
-        assert self.platform_cls is not None
-        interval = data.get("scan_interval") or self.platform_cls.DEFAULT_SCAN_INTERVAL
+        interval = self.scan_interval
         attempt = 0
         while True:
             started = time.monotonic()
@@ -355,32 +363,44 @@ class Account:
                 await asyncio.sleep(self._backoff(None, attempt))
 
     async def poll(self) -> None:
+        """One sweep, vendor batch by vendor batch: each batch is diffed and queued for MQTT before
+        the next is asked for, and the sweep waits (up to its interval) while MQTT has a backlog."""
         assert self.platform is not None
         devices = [d.info for d in self.devices.values()]
-        if not devices:
-            self.last_poll = time.time()
-            return
-        states = await self.platform.async_poll(devices)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.scan_interval
+        if devices:
+            async for states in self.platform.async_poll_batches(devices):
+                await self._apply(states)
+                await self.bridge.mqtt.wait_for_room(deadline)
+        self.save_states()
+        self.polls += 1
+        self.last_poll = time.time()
+        self.bridge.info_changed(soon=True)
+
+    async def _apply(self, states: dict[str, dict[str, Any]]) -> None:
+        """Take one batch of vendor states: publish the devices whose canonical state changed."""
         now = time.time()
-        changed_rows = []
         for n, (vendor_id, raw) in enumerate(states.items(), 1):
             if n % YIELD_EVERY == 0:
-                await asyncio.sleep(0)  # let commands and publishes through during a large fleet's sweep
+                await asyncio.sleep(0)  # let commands and publishes through during a large batch
             dev = self.by_vendor_id.get(vendor_id)
             if dev is None:
                 continue
             state = coerce_state(raw)
             dev.state_at = now
             if state != dev.state:
-                changes = {k: state.get(k) for k in set(state) | set(dev.state) if state.get(k) != dev.state.get(k)}
-                dev.state = state
-                payload = self.bridge.state_changed(self, dev, changes)
-                changed_rows.append((dev.slug, payload.decode(), now))
-        if changed_rows:
-            self.bridge.store.save_states(self.id, changed_rows)
-        self.polls += 1
-        self.last_poll = now
-        self.bridge.info_changed(soon=True)
+                old, dev.state = dev.state, state
+                self._unsaved[dev.slug] = (self.bridge.state_changed(self, dev, old), now)
+
+    def save_states(self, force: bool = False) -> None:
+        """Write changed states to the store every ``STATE_SAVE_EVERY`` s (and at stop): they only
+        seed the next start, whose first poll refreshes them anyway."""
+        if self._unsaved and (force or time.monotonic() - self._saved_at >= STATE_SAVE_EVERY):
+            self.bridge.store.save_states(self.id, [(slug, payload.decode(), at)
+                                                    for slug, (payload, at) in self._unsaved.items()])
+            self._unsaved.clear()
+            self._saved_at = time.monotonic()
 
     # -- events -------------------------------------------------------------------------------
     async def _event_loop(self) -> None:

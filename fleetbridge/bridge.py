@@ -222,13 +222,16 @@ class Bridge:
         for dev in acc.devices.values():
             self.mqtt.set_retained(self.topics.device(acc.id, dev.slug, "availability"), value)
 
-    def state_changed(self, acc: Account, dev: Device, changes: dict[str, Any]) -> bytes:
-        """Publish a device's new state; return the encoded JSON (the store keeps the same bytes)."""
-        payload = _json(dev.state)
+    def state_changed(self, acc: Account, dev: Device, old: dict[str, Any]) -> bytes:
+        """Publish a device's new state (``old`` was the one before); return the encoded JSON (the
+        store keeps the same bytes). Observers get the changed keys, computed only if there are any."""
+        state = dev.state
+        payload = _json(state)
         self.mqtt.set_retained(self.topics.device(acc.id, dev.slug, "state"), payload)
         if self._state_observers:
+            changed = {k: state.get(k) for k in state.keys() | old.keys() if state.get(k) != old.get(k)}
             self.registry.notify("fleetbridge_state_changed", account=acc.id, device=dev.slug,
-                                 state=dict(dev.state), changed=changes)
+                                 state=dict(state), changed=changed)
         return payload
 
     def event_message(self, acc: Account, dev: Device, ev: Event) -> tuple[str, bytes]:

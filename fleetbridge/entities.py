@@ -130,34 +130,49 @@ STATE_KEY_BY_NAME: dict[str, StateKey] = {k.key: k for k in STATE_KEYS}
 LOCATION_KEYS = ("latitude", "longitude", "gps_accuracy")
 
 
+def _to_float(value: Any) -> float:
+    number = float(value)
+    if number != number or number in _INFINITIES:
+        raise ValueError("not a finite number")
+    return round(number, 6)
+
+
+def _to_int(value: Any) -> int:
+    return int(round(float(value)))
+
+
+def _to_bool(value: Any) -> bool:
+    if type(value) is not bool:
+        raise TypeError("not a boolean")
+    return value
+
+
+def _to_dict(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError("not a mapping")
+    return {str(k): v for k, v in value.items() if isinstance(v, (str, int, float, bool, list))}
+
+
+_INFINITIES = (float("inf"), float("-inf"))
+#: canonical key -> converter to its declared type (raises TypeError/ValueError/OverflowError)
+CONVERTERS: dict[str, Any] = {
+    k.key: {float: _to_float, int: _to_int, bool: _to_bool, dict: _to_dict}.get(k.type, str) for k in STATE_KEYS
+}
+
+
 def coerce_state(state: dict[str, Any]) -> dict[str, Any]:
     """Return ``state`` limited to canonical keys with values of the declared type.
 
     ``None`` means "not reported" and is dropped; so is a value that cannot be converted.
     """
     out: dict[str, Any] = {}
+    converters = CONVERTERS
     for key, value in state.items():
-        desc = STATE_KEY_BY_NAME.get(key)
-        if desc is None or value is None:
+        convert = converters.get(key)
+        if convert is None or value is None:
             continue
         try:
-            if desc.type is bool:
-                if not isinstance(value, bool):
-                    continue
-                out[key] = value
-            elif desc.type is int:
-                out[key] = int(round(float(value)))
-            elif desc.type is dict:
-                if not isinstance(value, dict):
-                    continue
-                out[key] = {str(k): v for k, v in value.items() if isinstance(v, (str, int, float, bool, list))}
-            elif desc.type is float:
-                number = float(value)
-                if number != number or number in (float("inf"), float("-inf")):
-                    continue
-                out[key] = round(number, 6)
-            else:
-                out[key] = str(value)
-        except (TypeError, ValueError):
+            out[key] = convert(value)
+        except (TypeError, ValueError, OverflowError):
             continue
     return out

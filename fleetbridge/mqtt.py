@@ -12,6 +12,7 @@ import asyncio
 import logging
 import random
 import ssl
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 
@@ -26,7 +27,23 @@ RECONCILE_QUIET = 0.5  # seconds without a retained discovery message that ends 
 RECONCILE_MAX = 10.0
 BACKOFF = (1.0, 60.0)
 
+PACK_OVER = 1024  # retained payloads larger than this are kept compressed (discovery: 2-36 KB, ~6:1)
+LOW_WATER = 1000  # messages waiting: below this a poll may go on (back-pressure, see wait_for_room)
+
 MessageHandler = Callable[[str, bytes, bool], Awaitable[None] | None]  # topic, payload, retained
+Done = Callable[[], None] | None
+
+
+class _Packed(bytes):
+    """A retained payload kept zlib-compressed in memory."""
+
+
+def _pack(data: bytes) -> bytes:
+    return _Packed(zlib.compress(data, 1)) if len(data) > PACK_OVER else data
+
+
+def _unpack(stored: bytes) -> bytes:
+    return zlib.decompress(stored) if type(stored) is _Packed else stored
 
 
 def broker_problem(cfg: MqttConfig, err: Exception) -> str:
@@ -71,15 +88,16 @@ class MqttLink:
         self.on_connect = on_connect
         self.discovery_filters = discovery_filters or []
         self.owns_discovery = owns_discovery
-        self.retained: dict[str, bytes] = {}
+        self.retained: dict[str, bytes] = {}  # topic -> desired payload (large ones packed)
         self._dirty_discovery: dict[str, None] = {}  # sent first: entities exist before their messages
         self._dirty: dict[str, None] = {}
-        self._transient: deque[tuple[str, bytes, int, Callable[[], None] | None]] = deque()
+        self._transient: deque[tuple[str, bytes, int, Done]] = deque()
         # acknowledged messages (stored events) go one at a time: a crash can then repeat at most
         # the one message in flight, never a whole window
         self._acked: deque[tuple[str, bytes, int, Callable[[], None]]] = deque()
         self._acked_wake = asyncio.Event()
         self._wake = asyncio.Event()
+        self._room = asyncio.Event()  # set when the backlog falls to LOW_WATER
         self._client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
         self.stats = {"published": 0, "connects": 0}
@@ -88,13 +106,19 @@ class MqttLink:
     # -- what callers use ---------------------------------------------------------------------
     def set_retained(self, topic: str, payload: bytes | str, *, discovery: bool = False, force: bool = False) -> None:
         """Make ``topic`` hold ``payload`` (retained). Empty payload clears the topic."""
-        data = payload.encode() if isinstance(payload, str) else payload
+        data = _pack(payload.encode() if isinstance(payload, str) else payload)
         if discovery:
             self._discovery_topics.add(topic)
-        if not force and self.retained.get(topic) == data:
+        old = self.retained.get(topic)
+        if not force and old == data and type(old) is type(data):
             return
         self.retained[topic] = data
         self._mark(topic)
+
+    def payload(self, topic: str) -> bytes | None:
+        """What ``topic`` should hold, or None if the link does not own it."""
+        stored = self.retained.get(topic)
+        return None if stored is None else _unpack(stored)
 
     def _mark(self, topic: str) -> None:
         (self._dirty_discovery if topic in self._discovery_topics else self._dirty)[topic] = None
@@ -196,14 +220,14 @@ class MqttLink:
             except asyncio.TimeoutError:
                 break
             if message.retain:
-                seen[str(message.topic)] = bytes(message.payload or b"")
+                seen[str(message.topic)] = _pack(bytes(message.payload or b""))
         for flt in self.discovery_filters:
             await client.unsubscribe(flt)
         stale = 0
         for topic, payload in seen.items():
             if topic in self.retained:
                 continue
-            if payload and self.owns_discovery and self.owns_discovery(topic, payload):
+            if payload and self.owns_discovery and self.owns_discovery(topic, _unpack(payload)):
                 self.retained[topic] = b""
                 self._discovery_topics.add(topic)
                 stale += 1
@@ -230,47 +254,92 @@ class MqttLink:
             on_done()
 
     async def _sender(self, client: aiomqtt.Client) -> None:
-        window = asyncio.Semaphore(WINDOW)
-        tasks: set[asyncio.Task[None]] = set()
+        """Keep up to ``WINDOW`` publishes in flight, discovery first, then transient messages, then
+        retained ones. Publishes go straight to paho (aiomqtt drives its socket on this loop), with
+        the window counted down by paho's ``on_publish``: no task, event or timer per message."""
+        paho = client._client  # noqa: SLF001 - aiomqtt exposes no non-awaiting publish
+        inflight: dict[int, tuple[str, bytes, int, bool, Done]] = {}
+        free = asyncio.Event()
+        chained = paho.on_publish  # aiomqtt's own, for the awaited publishes of the acked lane
 
-        async def send(topic: str, payload: bytes, qos: int, retain: bool, on_done) -> None:
-            try:
-                await client.publish(topic, payload, qos=qos, retain=retain)
-                self.stats["published"] += 1
-                if on_done:
-                    on_done()
-                if retain and not payload and self.retained.get(topic) == b"":
-                    # a cleared topic is forgotten once the broker has it
-                    del self.retained[topic]
-                    self._discovery_topics.discard(topic)
-            except aiomqtt.MqttError:
-                if retain:
-                    self._mark(topic)
+        def on_publish(paho_client, userdata, mid, *rest) -> None:
+            entry = inflight.pop(mid, None)
+            if entry is None:
+                chained(paho_client, userdata, mid, *rest)
+                return
+            self._sent(entry[0], entry[1], entry[3], entry[4])
+            free.set()
+
+        paho.on_publish = on_publish
+        try:
+            while True:
+                while not (self._dirty_discovery or self._dirty or self._transient):
+                    self._wake.clear()
+                    await self._wake.wait()
+                while len(inflight) >= WINDOW:
+                    free.clear()
+                    await free.wait()
+                entry = self._next()
+                if entry is None:
+                    continue
+                topic, payload, qos, retain, on_done = entry
+                info = paho.publish(topic, payload, qos, retain)
+                if info.rc != 0:  # not connected: aiomqtt ends the session; keep the message
+                    self._requeue(entry)
+                    await asyncio.sleep(0.1)
+                elif info.is_published():
+                    self._sent(topic, payload, retain, on_done)
                 else:
-                    self._transient.appendleft((topic, payload, qos, on_done))
-                raise
-            finally:
-                window.release()
+                    inflight[info.mid] = entry
+                if self.backlog <= LOW_WATER:
+                    self._room.set()
+        finally:
+            paho.on_publish = chained
+            for entry in inflight.values():  # unacknowledged: send again on the next connection
+                self._requeue(entry)
 
-        while True:
-            while not (self._dirty_discovery or self._dirty or self._transient):
-                self._wake.clear()
-                await self._wake.wait()
-            await window.acquire()
-            dirty = self._dirty_discovery or (None if self._transient else self._dirty)
-            if dirty:
-                topic = next(iter(dirty))
-                del dirty[topic]
-                payload, qos, on_done, retain = self.retained.get(topic, b""), self.cfg.qos, None, True
-            elif self._transient:
-                topic, payload, qos, on_done = self._transient.popleft()
-                retain = False
-            else:
-                window.release()
-                continue
-            task = asyncio.create_task(send(topic, payload, qos, retain, on_done))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+    def _next(self) -> tuple[str, bytes, int, bool, Done] | None:
+        dirty = self._dirty_discovery or (None if self._transient else self._dirty)
+        if dirty:
+            topic = next(iter(dirty))
+            del dirty[topic]
+            return topic, _unpack(self.retained.get(topic, b"")), self.cfg.qos, True, None
+        if self._transient:
+            topic, payload, qos, on_done = self._transient.popleft()
+            return topic, payload, qos, False, on_done
+        return None
+
+    def _sent(self, topic: str, payload: bytes, retain: bool, on_done: Done) -> None:
+        self.stats["published"] += 1
+        if on_done:
+            on_done()
+        if retain and not payload and self.retained.get(topic) == b"":
+            # a cleared topic is forgotten once the broker has it
+            del self.retained[topic]
+            self._discovery_topics.discard(topic)
+
+    def _requeue(self, entry: tuple[str, bytes, int, bool, Done]) -> None:
+        topic, payload, qos, retain, on_done = entry
+        if retain:
+            self._mark(topic)
+        else:
+            self._transient.appendleft((topic, payload, qos, on_done))
+
+    async def wait_for_room(self, deadline: float) -> None:
+        """Back-pressure for producers: wait until at most ``LOW_WATER`` messages are waiting, or the
+        loop time ``deadline``. No wait while disconnected (the backlog then only coalesces)."""
+        loop = asyncio.get_running_loop()
+        while self.connected.is_set() and self.backlog > LOW_WATER and loop.time() < deadline:
+            self._room.clear()
+            try:
+                await asyncio.wait_for(self._room.wait(), deadline - loop.time())
+            except asyncio.TimeoutError:
+                return
+
+    @property
+    def backlog(self) -> int:
+        """Messages waiting in the fast lanes (retained and transient)."""
+        return len(self._dirty_discovery) + len(self._dirty) + len(self._transient)
 
     @property
     def pending(self) -> int:

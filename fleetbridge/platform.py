@@ -9,7 +9,7 @@ pagination and the mapping of vendor fields to canonical keys (:mod:`fleetbridge
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -199,8 +199,20 @@ class Platform:
         """Current canonical state of ``devices``: vendor id -> state dict (only reported keys).
 
         Batch wherever the vendor takes a list. A device missing from the answer keeps its state.
+        A platform implements this or :meth:`async_poll_batches`.
         """
-        raise NotImplementedError
+        if type(self).async_poll_batches is Platform.async_poll_batches:
+            raise NotImplementedError
+        states: dict[str, dict[str, Any]] = {}
+        async for batch in self.async_poll_batches(devices):
+            states.update(batch)
+        return states
+
+    async def async_poll_batches(self, devices: list[DeviceInfo]) -> AsyncIterator[dict[str, dict[str, Any]]]:
+        """The states of :meth:`async_poll`, yielded one vendor batch (page, request) at a time, so
+        that the host publishes each batch while the next is on its way: a change then waits for its
+        own batch only, not for the whole fleet. The host always polls through this method."""
+        yield await self.async_poll(devices)
 
     async def async_fetch_events(
         self, devices: list[DeviceInfo], cursor: Any

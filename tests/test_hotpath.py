@@ -1,0 +1,155 @@
+"""The host's hot path against a real mosquitto: per-batch publishing, back-pressure, compact retained
+payloads, and states written behind to the store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from fleetbridge import hookimpl
+from fleetbridge.bridge import Bridge
+from fleetbridge.config import MqttConfig, load_config
+from fleetbridge.entities import coerce_state
+from fleetbridge.mqtt import LOW_WATER, PACK_OVER, MqttLink
+from fleetbridge.platform import DeviceInfo, Platform
+from fleetbridge.plugins import load_plugins
+from fleetbridge.storage import Store
+
+
+class GatedPlatform(Platform):
+    """Two devices polled in two batches; the second batch waits for ``gate``."""
+
+    name = "gated"
+    title = "Gated test platform"
+    gate: asyncio.Event
+    polls = 0
+
+    async def async_discover(self) -> list[DeviceInfo]:
+        return [DeviceInfo(id=i, name=i, keys=frozenset({"speed"})) for i in ("first", "second")]
+
+    async def async_poll_batches(self, devices: list[DeviceInfo]):
+        type(self).polls += 1
+        yield {"first": {"speed": 10.0 + self.polls}}
+        await type(self).gate.wait()
+        yield {"second": {"speed": 20.0 + self.polls}}
+
+
+class GatedPlugin:
+    @hookimpl
+    def fleetbridge_register_platforms(self, register: Any) -> None:
+        register(GatedPlatform)
+
+
+def _bridge(tmp_path: Path, port: int, unique: str) -> Bridge:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({
+        "mqtt": {"host": "127.0.0.1", "port": port, "base_topic": f"hp{unique}", "discovery": False,
+                 "client_id": f"hp-{unique}"},
+        "storage": str(tmp_path / "fb.db"),
+        "accounts": [{"platform": "gated", "name": "Gate", "scan_interval": 1}]}))
+    registry = load_plugins(extra={"gated": GatedPlugin()})
+    return Bridge(load_config(path, registry.platforms, {}), registry)
+
+
+async def test_each_batch_is_published_before_the_next_is_fetched(
+        tmp_path: Path, broker: Any, unique: str, recorder_factory: Any) -> None:
+    GatedPlatform.gate = asyncio.Event()
+    GatedPlatform.polls = 0
+    rec = await recorder_factory(broker.port, [f"hp{unique}/#"])
+    bridge = _bridge(tmp_path, broker.port, unique)
+    stop = asyncio.Event()
+    task = asyncio.create_task(bridge.run(stop))
+    try:
+        first, second = f"hp{unique}/gate/first/state", f"hp{unique}/gate/second/state"
+        await rec.wait_for(lambda: first in rec.latest, what="the first batch's state")
+        assert second not in rec.latest  # its batch is still being fetched
+        GatedPlatform.gate.set()
+        await rec.wait_for(lambda: second in rec.latest, what="the second batch's state")
+        await rec.wait_for(lambda: GatedPlatform.polls >= 3, what="more polls")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+    # changed states are written behind, and all of them at the stop
+    stored = {row["device"]: row["state"] for row in Store(tmp_path / "fb.db").load_devices("gate")}
+    live = {slug: dev.state for slug, dev in bridge.accounts["gate"].devices.items()}
+    assert stored == live and stored["second"]["speed"] > 20
+
+
+async def test_async_poll_collects_the_batches() -> None:
+    GatedPlatform.gate = asyncio.Event()
+    GatedPlatform.gate.set()
+    GatedPlatform.polls = 0
+    platform = GatedPlatform.__new__(GatedPlatform)
+    assert await platform.async_poll([]) == {"first": {"speed": 11.0}, "second": {"speed": 21.0}}
+
+    class Neither(Platform):
+        name = "neither"
+        title = "implements no poll"
+
+    with pytest.raises(NotImplementedError):
+        await Neither.__new__(Neither).async_poll([])
+
+
+async def _connected_link(port: int, unique: str) -> tuple[MqttLink, asyncio.Task[None]]:
+    link = MqttLink(MqttConfig(host="127.0.0.1", port=port, client_id=f"link-{unique}"),
+                    will_topic=f"hl{unique}/state", subscriptions=[], on_message=lambda *a: None)
+    task = asyncio.create_task(link.run())
+    await asyncio.wait_for(link.connected.wait(), 10)
+    return link, task
+
+
+async def test_large_retained_payloads_are_packed_in_memory_and_sent_whole(
+        broker: Any, unique: str, recorder_factory: Any) -> None:
+    rec = await recorder_factory(broker.port, [f"hl{unique}/#"])
+    link, task = await _connected_link(broker.port, unique)
+    try:
+        big = json.dumps({"cmps": {f"k{i}": {"name": f"Entity {i}", "val_tpl": "{{ value_json.x }}"}
+                                   for i in range(200)}}).encode()
+        assert len(big) > PACK_OVER
+        link.set_retained(f"hl{unique}/big", big)
+        link.set_retained(f"hl{unique}/small", b"{}")
+        assert len(link.retained[f"hl{unique}/big"]) < len(big) / 4  # kept compressed
+        assert link.payload(f"hl{unique}/big") == big
+        await rec.wait_for(lambda: rec.latest.get(f"hl{unique}/big") == big, what="the whole payload")
+        await rec.wait_for(lambda: rec.latest.get(f"hl{unique}/small") == b"{}", what="the small one")
+        published = link.stats["published"]
+        link.set_retained(f"hl{unique}/big", big)  # unchanged: nothing to send
+        await asyncio.sleep(0.3)
+        assert link.stats["published"] == published and not link.backlog
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_producers_wait_for_room_while_the_backlog_drains(
+        broker: Any, unique: str, recorder_factory: Any) -> None:
+    n = 6 * LOW_WATER
+    rec = await recorder_factory(broker.port, [f"hl{unique}/#"])
+    link, task = await _connected_link(broker.port, unique)
+    try:
+        loop = asyncio.get_running_loop()
+        for i in range(n):
+            link.set_retained(f"hl{unique}/d{i}", b'{"speed":1}')
+        assert link.backlog > LOW_WATER
+        await link.wait_for_room(loop.time() + 30)
+        assert link.backlog <= LOW_WATER
+        assert link.stats["published"] >= n - LOW_WATER - 64
+        await rec.wait_for(lambda: sum(t.startswith(f"hl{unique}/d") for t in rec.latest) == n, timeout=30,
+                           what="every message")
+        link.set_retained(f"hl{unique}/late", b"x")
+        start = loop.time()
+        await link.wait_for_room(start + 30)  # no backlog: no wait
+        assert loop.time() - start < 0.1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def test_coerce_state_survives_infinite_and_huge_numbers() -> None:
+    state = coerce_state({"battery": float("inf"), "speed": 10**400, "heading": "nan", "odometer": 5})
+    assert state == {"odometer": 5.0}
