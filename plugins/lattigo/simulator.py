@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import hmac
 import heapq
 import json
@@ -32,10 +31,9 @@ import math
 import random
 import re
 import time
-import warnings
 import zlib
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from itertools import count
@@ -43,7 +41,8 @@ from typing import Any
 
 from aiohttp import web
 
-from fleetbridge.simkit import HTML_PAGE, FaultSwitches
+from fleetbridge.simkit import (DEFAULT_TICK, HTML_PAGE, DeviceTable, FaultSwitches, add_admin_routes, level_with,
+                               luhn_digit, run_demo, sim_app, start_ticker, with_luhn)
 
 __all__ = ["ApiError", "Faults", "SimDevice", "Simulator", "create_app", "RATE_PLANS", "CARRIERS", "ROUTES"]
 
@@ -274,13 +273,13 @@ class Simulator:
                     imei: str | None = None) -> SimDevice:
         rng = self._rng
         carrier = CARRIERS[2] if i == 0 else CARRIERS[0] if i == 1 else rng.choices(CARRIERS, [c.weight for c in CARRIERS])[0]
-        name = iccid or _unique(lambda: _luhn_complete("8901" + f"{rng.randrange(10 ** 15):015d}"), taken)
+        name = iccid or _unique(lambda: with_luhn("8901" + f"{rng.randrange(10 ** 15):015d}"), taken)
         area = rng.choice(("801", "385", "435", "720", "602"))
         msisdn = f"1{area}{rng.randrange(10 ** 7):07d}"
         plan = rng.choice(RATE_PLANS)["name"]
         return SimDevice(
             device_name=name, id=30_000 + i, owner=owner,
-            imei=imei or _luhn_complete(rng.choice(_TACS) + f"{rng.randrange(10 ** 6):06d}"),
+            imei=imei or with_luhn(rng.choice(_TACS) + f"{rng.randrange(10 ** 6):06d}"),
             imsi=f"310012{rng.randrange(10 ** 9):09d}", msisdn=msisdn, mdn=msisdn[1:],
             meid=f"{rng.randrange(16 ** 14):014X}", esn=f"{rng.randrange(16 ** 8):08X}", min=msisdn[1:],
             ip_address=f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}", ipv6=f"2600:1000:{i:x}::1",
@@ -987,53 +986,6 @@ class _Http:
             return self._too_many(0)
         return None
 
-    # ------------------------------------------------------------------------------------- /_sim/*
-
-    async def get_faults(self, _: web.Request) -> web.Response:
-        return self.json(self.sim.faults.as_dict())
-
-    async def set_faults(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json() if request.can_read_body else {}
-            if not isinstance(body, dict):
-                raise ValueError("the body must be a JSON object")
-            if request.query.get("reset"):
-                self.sim.faults.reset()
-            self.sim.faults.update(body)
-        except ValueError as err:
-            return self.json({"error": str(err)}, 400)
-        return self.json(self.sim.faults.as_dict())
-
-    async def get_devices(self, request: web.Request) -> web.Response:
-        sim = self.sim
-        wanted = [n for n in request.query.get("names", "").split(",") if n] or list(sim.devices)
-        return self.json({"world_time": sim.t, "locate_charges": sim.locate_charges,
-                          "devices": [sim.device_truth(sim.devices[n]) for n in wanted if n in sim.devices]})
-
-    async def set_device(self, request: web.Request) -> web.Response:
-        d = self.sim.devices.get(request.match_info["name"])
-        if d is None:
-            return self.json({"error": "unknown device"}, 404)
-        body = await request.json()
-        bad = [k for k in body if k not in PUBLIC_DEVICE_FIELDS or k == "device_name"]
-        if bad:
-            return self.json({"error": f"unknown fields {bad}"}, 400)
-        for key, value in body.items():
-            setattr(d, key, value)
-        return self.json(self.sim.device_truth(d))
-
-    async def step(self, request: web.Request) -> web.Response:
-        try:
-            dt = float(request.query.get("dt", "1"))
-        except ValueError:
-            return self.json({"error": "dt must be a number"}, 400)
-        self.sim.step(dt)
-        return self.json({"world_time": self.sim.t})
-
-    async def get_requests(self, _: web.Request) -> web.Response:
-        counts = self.sim.request_counts
-        return self.json({"counts": dict(counts), "total": sum(counts.values())})
-
 
 async def _params(request: web.Request) -> dict[str, Any]:
     """Query string for GET; a JSON body, or form data (``device_names[]=...``), otherwise."""
@@ -1100,23 +1052,8 @@ def _next_month(year: int, month: int) -> tuple[int, int]:
     return (year + 1, 1) if month == 12 else (year, month + 1)
 
 
-def _luhn_digit(body: str) -> int:
-    total = 0
-    for i, ch in enumerate(reversed(body)):
-        n = int(ch)
-        if i % 2 == 0:
-            n *= 2
-            n -= 9 if n > 9 else 0
-        total += n
-    return (10 - total % 10) % 10
-
-
-def _luhn_complete(body: str) -> str:
-    return body + str(_luhn_digit(body))
-
-
 def _valid_imei(imei: str) -> bool:
-    return bool(re.fullmatch(r"\d{15}", imei)) and _luhn_digit(imei[:-1]) == int(imei[-1])
+    return bool(re.fullmatch(r"\d{15}", imei)) and luhn_digit(imei[:-1]) == int(imei[-1])
 
 
 def _unique(make: Callable[[], str], taken: set[str]) -> str:
@@ -1127,57 +1064,22 @@ def _unique(make: Callable[[], str], taken: set[str]) -> str:
             return value
 
 
-async def _ticker(sim: Simulator, tick: float) -> None:
-    """Keep world time level with the host clock, stepping about every ``tick`` seconds."""
-    while True:
-        await asyncio.sleep(tick)
-        lag = sim.host_time() - sim.t
-        if lag > 0:
-            sim.step(lag)
-
-
-def create_app(accounts: dict[str, str] | None = None, devices: int = 20, seed: int = 1, tick: float | None = 1.0,
-               **options: Any) -> web.Application:
-    """The simulator as an aiohttp application; ``app["sim"]`` is the :class:`Simulator`.
-
-    ``tick`` > 0 starts a background task on startup that steps the world every ``tick`` seconds of wall time;
-    0 or None leaves stepping to the caller (deterministic tests). ``options`` go to :class:`Simulator`.
-    """
+def create_app(accounts: dict[str, str] | None = None, devices: int = 20, seed: int = 1,
+               tick: float | None = DEFAULT_TICK, **options: Any) -> web.Application:
+    """The simulator as an aiohttp app; ``app["sim"]`` is the :class:`Simulator` (made with ``options``).
+    ``tick`` 0 or None: a still world that only ``/_sim/step`` moves (see :mod:`fleetbridge.simkit`)."""
     sim = Simulator(accounts or {"demo": "demo-key"}, devices=devices, seed=seed, **options)
     http = _Http(sim)
-    app = web.Application(middlewares=[http.middleware])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # aiohttp prefers AppKey; "sim" is the public contract
-        app["sim"] = sim
+    app = sim_app(sim, [http.middleware])
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, http.endpoint(handler))
-    app.router.add_get("/_sim/faults", http.get_faults)
-    app.router.add_post("/_sim/faults", http.set_faults)
-    app.router.add_get("/_sim/devices", http.get_devices)
-    app.router.add_post("/_sim/devices/{name}", http.set_device)
-    app.router.add_post("/_sim/step", http.step)
-    app.router.add_get("/_sim/requests", http.get_requests)
-
-    async def background(_: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(_ticker(sim, tick)) if tick else None
-        yield
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    app.cleanup_ctx.append(background)
+    add_admin_routes(app, sim, sim.faults, step_answer=lambda: {"world_time": sim.t}, devices=DeviceTable(
+        sim.devices, sim.device_truth, PUBLIC_DEVICE_FIELDS, "device_name", ids="names", unknown="unknown device",
+        header=lambda: {"world_time": sim.t, "locate_charges": sim.locate_charges}))
+    start_ticker(app, level_with(sim, sim.host_time), tick)
     return app
 
 
-def main() -> None:  # pragma: no cover - manual demo
-    """Run the simulator: ``python -m fleetbridge_plugins.lattigo.simulator [port] [devices]``."""
-    import sys
-
-    port = int(sys.argv[1]) if len(sys.argv) > 1 else 8766
-    devices = int(sys.argv[2]) if len(sys.argv) > 2 else 20
-    web.run_app(create_app(devices=devices), host="127.0.0.1", port=port)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
+if __name__ == "__main__":  # pragma: no cover - manual demo:
+    # ``python -m fleetbridge_plugins.lattigo.simulator [port] [devices]``
+    run_demo(create_app, 8766, 20)

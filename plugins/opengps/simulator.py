@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import hashlib
 import heapq
 import json
@@ -33,9 +32,8 @@ import math
 import random
 import secrets
 import time
-import warnings
 from collections import Counter, OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from email.utils import formatdate
 from itertools import count, islice
@@ -43,7 +41,8 @@ from typing import Any
 
 from aiohttp import web
 
-from fleetbridge.simkit import HTML_PAGE, FaultSwitches
+from fleetbridge.simkit import (DEFAULT_TICK, HTML_PAGE, DeviceTable, FaultSwitches, add_admin_routes, level_with,
+                               run_demo, sim_app, start_ticker, with_luhn)
 
 __all__ = ["ApiError", "Faults", "SimDevice", "Simulator", "create_app", "ERRORS", "MODELS", "ALARM_TYPES"]
 
@@ -503,8 +502,7 @@ class Simulator:
 
     def _new_imei(self, taken: set[str]) -> str:
         while True:
-            body = self._rng.choice(_TACS) + f"{self._rng.randrange(10**6):06d}"
-            imei = body + str(_luhn(body))
+            imei = with_luhn(self._rng.choice(_TACS) + f"{self._rng.randrange(10**6):06d}")
             if imei not in taken:
                 taken.add(imei)
                 return imei
@@ -929,17 +927,6 @@ def _endpoint_key(name: str) -> str:
     return "authorization" if key == "auth" else key
 
 
-def _luhn(body: str) -> int:
-    total = 0
-    for i, ch in enumerate(reversed(body)):
-        n = int(ch)
-        if i % 2 == 0:
-            n *= 2
-            n = n - 9 if n > 9 else n
-        total += n
-    return (10 - total % 10) % 10
-
-
 def _plate(rng: random.Random) -> str:
     letters = "BDFGHJKLNPRSTVXZ"
     return (f"{rng.choice(letters)}{rng.choice(letters)}-{rng.randrange(100, 1000)}-"
@@ -1321,52 +1308,8 @@ class _Http:
 
     # ------------------------------------------------------------------------------------- /_sim/*
 
-    async def get_faults(self, _: web.Request) -> web.Response:
-        return self.json(self.sim.faults.as_dict())
-
-    async def set_faults(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json() if request.can_read_body else {}
-            if not isinstance(body, dict):
-                raise ValueError("the body must be a JSON object")
-            if request.query.get("reset"):
-                self.sim.faults.reset()
-            self.sim.faults.update(body)
-        except ValueError as err:
-            return self.json({"error": str(err)}, 400)
-        return self.json(self.sim.faults.as_dict())
-
     async def invalidate(self, request: web.Request) -> web.Response:
         return self.json({"invalidated": self.sim.invalidate_tokens(request.query.get("account") or None)})
-
-    async def get_devices(self, request: web.Request) -> web.Response:
-        sim, q = self.sim, request.query
-        wanted = [i for i in q.get("imeis", "").split(",") if i] or list(sim.devices)
-        devices = [sim.devices[i] for i in wanted if i in sim.devices]
-        if q.get("account"):
-            devices = [d for d in devices if d.account == q["account"]]
-        return self.json({"servertime": int(sim.now()), "world_time": sim.t,
-                          "devices": [sim.device_truth(d) for d in devices]})
-
-    async def set_device(self, request: web.Request) -> web.Response:
-        d = self.sim.devices.get(request.match_info["imei"])
-        if d is None:
-            return self.json({"error": "unknown imei"}, 404)
-        body = await request.json()
-        bad = [k for k in body if k not in PUBLIC_DEVICE_FIELDS or k == "imei"]
-        if bad:
-            return self.json({"error": f"unknown fields {bad}"}, 400)
-        for key, value in body.items():
-            setattr(d, key, value)
-        return self.json(self.sim.device_truth(d))
-
-    async def step(self, request: web.Request) -> web.Response:
-        try:
-            dt = float(request.query.get("dt", "1"))
-        except ValueError:
-            return self.json({"error": "dt must be a number"}, 400)
-        self.sim.step(dt)
-        return self.json({"world_time": self.sim.t})
 
     async def alarm(self, request: web.Request) -> web.Response:
         q = request.query
@@ -1375,62 +1318,24 @@ class _Http:
         self.sim.raise_alarm(q["imei"], int(q["type"]), int(q.get("fenceid", "0") or 0))
         return self.json({"ok": True})
 
-    async def get_requests(self, _: web.Request) -> web.Response:
-        return self.json({"counts": dict(self.sim.request_counts), "total": sum(self.sim.request_counts.values())})
 
-
-async def _ticker(sim: Simulator, tick: float) -> None:
-    """Keep world time level with the server clock, stepping about every ``tick`` seconds."""
-    while True:
-        await asyncio.sleep(tick)
-        lag = sim.now() - sim.t
-        if lag > 0:
-            sim.step(lag)
-
-
-def create_app(accounts: dict[str, str] | None = None, devices: int = 20, seed: int = 1, tick: float | None = 1.0,
-               **options: Any) -> web.Application:
-    """The simulator as an aiohttp application; ``app["sim"]`` is the :class:`Simulator`.
-
-    ``tick`` > 0 starts a background task on startup that steps the world every ``tick`` seconds of wall time;
-    0 or None leaves stepping to the caller (deterministic tests). ``options`` go to :class:`Simulator`.
-    """
+def create_app(accounts: dict[str, str] | None = None, devices: int = 20, seed: int = 1,
+               tick: float | None = DEFAULT_TICK, **options: Any) -> web.Application:
+    """The simulator as an aiohttp app; ``app["sim"]`` is the :class:`Simulator` (made with ``options``).
+    ``tick`` 0 or None: a still world that only ``/_sim/step`` moves (see :mod:`fleetbridge.simkit`)."""
     sim = Simulator(accounts or {"demo": "secret"}, devices=devices, seed=seed, **options)
     http = _Http(sim)
-    app = web.Application()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # aiohttp prefers AppKey; "sim" is the public contract
-        app["sim"] = sim
+    app = sim_app(sim)
     app.router.add_route("*", "/api/{tail:.*}", http.api_handler)
-    app.router.add_get("/_sim/faults", http.get_faults)
-    app.router.add_post("/_sim/faults", http.set_faults)
     app.router.add_post("/_sim/invalidate", http.invalidate)
-    app.router.add_get("/_sim/devices", http.get_devices)
-    app.router.add_post("/_sim/devices/{imei}", http.set_device)
-    app.router.add_post("/_sim/step", http.step)
     app.router.add_post("/_sim/alarm", http.alarm)
-    app.router.add_get("/_sim/requests", http.get_requests)
-
-    async def background(_: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(_ticker(sim, tick)) if tick else None
-        yield
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    app.cleanup_ctx.append(background)
+    add_admin_routes(app, sim, sim.faults, step_answer=lambda: {"world_time": sim.t}, devices=DeviceTable(
+        sim.devices, sim.device_truth, PUBLIC_DEVICE_FIELDS, "imei", ids="imeis", unknown="unknown imei",
+        header=lambda: {"servertime": int(sim.now()), "world_time": sim.t}, filters=("account",)))
+    start_ticker(app, level_with(sim, sim.now), tick)
     return app
 
 
-def main() -> None:  # pragma: no cover - manual demo
-    """Run the simulator: ``python -m fleetbridge_plugins.opengps.simulator [port] [devices]``."""
-    import sys
-
-    port = int(sys.argv[1]) if len(sys.argv) > 1 else 8765
-    devices = int(sys.argv[2]) if len(sys.argv) > 2 else 20
-    web.run_app(create_app(devices=devices), host="127.0.0.1", port=port)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
+if __name__ == "__main__":  # pragma: no cover - manual demo:
+    # ``python -m fleetbridge_plugins.opengps.simulator [port] [devices]``
+    run_demo(create_app, 8765, 20)

@@ -30,6 +30,8 @@ from typing import Any
 
 from aiohttp import web
 
+from fleetbridge.simkit import DEFAULT_TICK
+
 from .sim_common import SimBase, SimError
 
 TYPES = ("GX440", "MP70", "RV55", "LX60", "FXT009", "M2MBoxPro")
@@ -481,8 +483,10 @@ class AirVantageSimulator(SimBase):
 
 
 def create_app(clients: dict[str, str] | None = None, users: dict[str, str] | None = None, devices: int = 20,
-               seed: int = 1, **options: Any) -> web.Application:
-    """The simulator as an aiohttp app; ``app["sim"]`` is the :class:`AirVantageSimulator`."""
+               seed: int = 1, tick: float | None = DEFAULT_TICK, **options: Any) -> web.Application:
+    """The simulator as an aiohttp app; ``app["sim"]`` is the :class:`AirVantageSimulator`. Gateways
+    change only through requests, and operations run on the simulator's clock, so ``tick`` (0 or None:
+    a still world) changes nothing here; it is taken like every simulator's."""
     sim = AirVantageSimulator(clients=clients or {"demo": "demo-secret"}, users=users or {"demo": "demo-password"},
                               devices=devices, seed=seed, **options)
-    return sim.make_app(sim.routes)
+    return sim.make_app(sim.routes, tick)

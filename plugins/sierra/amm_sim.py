@@ -29,6 +29,8 @@ from typing import Any
 
 from aiohttp import web
 
+from fleetbridge.simkit import DEFAULT_TICK
+
 from .sim_common import SimBase, SimError
 
 PLATFORMS = ("MG90", "MP70", "GX450", "RV55", "LX60")
@@ -159,8 +161,8 @@ class AmmSimulator(SimBase):
         self.gateways[uid].overrides[stat_id] = (value, timestamp_ms if timestamp_ms is not None else self.now_ms())
 
     def values(self, gw: SimGateway) -> dict[str, tuple[str, int]]:
-        """Every known stat of ``gw`` at the simulator's time: (string value, timestamp ms)."""
-        now = self.now()
+        """Every known stat of ``gw`` at the world's time: (string value, timestamp ms)."""
+        now = self.world.time()
         last = now - ((now - gw.phase) % gw.period)
         ts = int(last * 1000)
         gps_ts = int((last - 3 * YEAR) * 1000) if gw.stale_gps else ts
@@ -308,11 +310,12 @@ def _prose(seconds: int) -> str:
 
 
 def create_app(clients: dict[str, str] | None = None, users: dict[str, str] | None = None, devices: int = 20,
-               seed: int = 1, **options: Any) -> web.Application:
-    """The simulator as an aiohttp app; ``app["sim"]`` is the :class:`AmmSimulator`."""
+               seed: int = 1, tick: float | None = DEFAULT_TICK, **options: Any) -> web.Application:
+    """The simulator as an aiohttp app; ``app["sim"]`` is the :class:`AmmSimulator`. The values move
+    with the simulator's clock; ``tick`` 0 or None holds them still until ``/_sim/step``."""
     sim = AmmSimulator(clients=clients or {"demo": "demo-secret"}, users=users or {"demo": "demo-password"},
                        devices=devices, seed=seed, **options)
-    return sim.make_app(sim.routes)
+    return sim.make_app(sim.routes, tick)
 
 
 def main() -> None:  # pragma: no cover - manual demo

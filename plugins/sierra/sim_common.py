@@ -9,6 +9,9 @@
 * Faults (``sim.faults`` or ``POST /_sim/faults``): ``http_500``, ``html_error``, ``malformed_json``,
   ``rate_limit`` take an int N (the next N requests) or a float p (probability per request);
   ``slow`` delays every answer by that many seconds. ``/_sim/*`` never faults.
+* World time: what the vendor reports follows the simulator's clock (``clock``, the wall clock plus
+  what ``/_sim/step`` added); with ``tick`` 0 it stands still and moves only through ``/_sim/step``,
+  while tokens and rate limits keep the clock's time.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import base64
 import json
 import random
 import secrets
-import warnings
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,9 +28,9 @@ from typing import Any
 
 from aiohttp import web
 
-from fleetbridge.simkit import HTML_PAGE, FaultSwitches
+from fleetbridge.simkit import DEFAULT_TICK, HTML_PAGE, FaultSwitches, add_admin_routes, sim_app
 
-from .clock import OffsetClock
+from .clock import ManualClock, OffsetClock
 
 TOKEN_PATH = "/api/oauth/token"
 JSON_TYPE = "application/json;charset=UTF-8"
@@ -177,6 +179,7 @@ class SimBase:
     def __init__(self, *, clients: dict[str, str], users: dict[str, str], clock: Any = None, seed: int = 1,
                  access_lifetime: float = 86400.0) -> None:
         self.clock = clock if clock is not None else OffsetClock()
+        self.world: Any = self.clock  # the world's time: the clock, or a still one (hold_world)
         self.oauth = OAuthServer(clients, users, self.clock, access_lifetime=access_lifetime)
         self.faults = Faults()
         self.rng = random.Random(seed)
@@ -191,8 +194,15 @@ class SimBase:
         return int(self.clock.time() * 1000)
 
     def step(self, dt: float) -> None:
-        """Advance the simulator's clock by ``dt`` seconds."""
+        """Advance the simulator's clock, and its world with it, by ``dt`` seconds."""
         self.clock.advance(dt)
+        if self.world is not self.clock:
+            self.world.advance(dt)
+
+    def hold_world(self) -> None:
+        """From now on the world (what the vendor reports, not tokens or rate limits) moves only
+        through :meth:`step`; by default its time is the simulator's clock."""
+        self.world = ManualClock(self.world.time())
 
     # --- HTTP --------------------------------------------------------------------------------
 
@@ -258,51 +268,22 @@ class SimBase:
 
     # --- /_sim -------------------------------------------------------------------------------
 
-    async def get_faults(self, _: web.Request) -> web.Response:
-        return self.json(self.faults.as_dict())
-
-    async def set_faults(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json() if request.can_read_body else {}
-        except ValueError as err:
-            return self.json({"error": str(err)}, 400)
-        if not isinstance(body, dict):
-            return self.json({"error": "the body must be a JSON object"}, 400)
-        try:
-            if request.query.get("reset"):
-                self.faults.reset()
-            self.faults.update(body)
-        except ValueError as err:
-            return self.json({"error": str(err)}, 400)
-        return self.json(self.faults.as_dict())
-
-    async def get_requests(self, _: web.Request) -> web.Response:
-        return self.json({"counts": dict(self.request_counts), "total": sum(self.request_counts.values()),
-                          "grants": [g.__dict__ | {"presented": None, "issued_refresh": None}
-                                     for g in self.oauth.grants]})
-
-    async def post_step(self, request: web.Request) -> web.Response:
-        try:
-            dt = float(request.query.get("dt", "1"))
-        except ValueError:
-            return self.json({"error": "dt must be a number"}, 400)
-        self.step(dt)
-        return self.json({"time": self.now()})
-
     async def post_expire(self, _: web.Request) -> web.Response:
         return self.json({"expired": self.oauth.expire_access_tokens()})
 
-    def make_app(self, routes: Callable[[web.Application], None]) -> web.Application:
-        """The aiohttp app: the simulator's ``/api`` routes plus token endpoint and ``/_sim``."""
-        app = web.Application(middlewares=[self.middleware])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # aiohttp prefers AppKey; "sim" is the public contract
-            app["sim"] = self
+    def _grants(self) -> dict[str, Any]:
+        return {"grants": [g.__dict__ | {"presented": None, "issued_refresh": None} for g in self.oauth.grants]}
+
+    def make_app(self, routes: Callable[[web.Application], None],
+                 tick: float | None = DEFAULT_TICK) -> web.Application:
+        """The aiohttp app: the simulator's ``/api`` routes plus token endpoint and ``/_sim``; ``tick``
+        0 or None holds the world still (:meth:`hold_world`)."""
+        if not tick:
+            self.hold_world()
+        app = sim_app(self, [self.middleware])
         app.router.add_route("*", TOKEN_PATH, self.oauth.handle)
         routes(app)
-        app.router.add_get("/_sim/faults", self.get_faults)
-        app.router.add_post("/_sim/faults", self.set_faults)
-        app.router.add_get("/_sim/requests", self.get_requests)
-        app.router.add_post("/_sim/step", self.post_step)
+        add_admin_routes(app, self, self.faults, step_answer=lambda: {"time": self.now()},
+                         request_extras=self._grants)
         app.router.add_post("/_sim/expire_tokens", self.post_expire)
         return app

@@ -20,15 +20,13 @@ keeps world time level with the server clock); a completed SUSPEND/UNSUSPEND cha
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import json
 import random
 import secrets
 import time
-import warnings
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import count
@@ -36,7 +34,8 @@ from typing import Any
 
 from aiohttp import web
 
-from fleetbridge.simkit import HTML_PAGE, FaultSwitches
+from fleetbridge.simkit import (DEFAULT_TICK, HTML_PAGE, FaultSwitches, add_admin_routes, level_with, sim_app,
+                               run_demo, start_ticker, with_luhn)
 from yarl import URL
 
 __all__ = ["API_PREFIX", "TOKEN_PATH", "ApiError", "Faults", "Simulator", "create_app"]
@@ -302,8 +301,7 @@ class Simulator:
         return emp
 
     def _imei(self, tac: str) -> str:
-        body = tac + f"{self._rng.randrange(10**6):06d}"
-        return body + str(_luhn(body))
+        return with_luhn(tac + f"{self._rng.randrange(10**6):06d}")
 
     def _number(self) -> str:
         while True:
@@ -474,14 +472,6 @@ def _place(order: list[str], item: str, front: bool) -> None:
 def _plan_id(line: Line) -> str:
     plans = next(p for cid, _, p in CARRIERS if cid == line.carrier_id)
     return f"{line.carrier_id}{plans.index(line.plan) + 1:02d}" if line.plan in plans else line.carrier_id
-
-
-def _luhn(body: str) -> int:
-    total = 0
-    for i, ch in enumerate(reversed(body)):
-        d = int(ch) * (2 if i % 2 == 0 else 1)
-        total += d - 9 if d > 9 else d
-    return (10 - total % 10) % 10
 
 
 # ------------------------------------------------------------------------------------------------ records
@@ -839,21 +829,6 @@ class Http:
 
     # --- /_sim ------------------------------------------------------------------------------
 
-    async def get_faults(self, _: web.Request) -> web.Response:
-        return self.json(self.sim.faults.as_dict())
-
-    async def set_faults(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json() if request.can_read_body else {}
-            if not isinstance(body, dict):
-                raise ValueError("the body must be a JSON object")
-            if request.query.get("reset"):
-                self.sim.faults.reset()
-            self.sim.faults.update(body)
-        except ValueError as err:
-            return self.json({"error": str(err)}, 400)
-        return self.json(self.sim.faults.as_dict())
-
     async def settings(self, request: web.Request) -> web.Response:
         """``{"offset_mode": "standard"|"premium", "refresh_enabled": bool, "max_limit": n,
         "token_ttl": s, "order_delay": [min, max], "order_fail_rate": p}``."""
@@ -867,14 +842,6 @@ class Http:
                 return self.json({"error": f"bad setting {key}={value!r}"}, 400)
             setattr(sim, key, tuple(value) if key == "order_delay" else value)
         return self.json({k: getattr(sim, k) for k in allowed})
-
-    async def step(self, request: web.Request) -> web.Response:
-        try:
-            dt = float(request.query.get("dt", "1"))
-        except ValueError:
-            return self.json({"error": "dt must be a number"}, 400)
-        self.sim.step(dt)
-        return self.json({"world_time": self.sim.t})
 
     async def clock(self, request: web.Request) -> web.Response:
         try:
@@ -902,11 +869,6 @@ class Http:
         body = await request.json()
         order = self.sim.set_order_status(order_id, str(body.get("status") or "").upper())
         return self.json(Records(self.sim, "").order(order))
-
-    async def get_requests(self, _: web.Request) -> web.Response:
-        sim = self.sim
-        return self.json({"counts": dict(sim.request_counts), "grants": dict(sim.grant_counts),
-                          "total": sum(sim.request_counts.values())})
 
 
 def property_fields(sim: Simulator, transaction: str, carrier: str, line: Line | None) -> list[dict[str, Any]]:
@@ -982,59 +944,26 @@ def _error_id(rng: random.Random) -> str:
     return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(5))
 
 
-async def _ticker(sim: Simulator, tick: float) -> None:
-    """Keep world time level with the server clock, stepping about every ``tick`` seconds."""
-    while True:
-        await asyncio.sleep(tick)
-        lag = sim.now() - sim.t
-        if lag > 0:
-            sim.step(lag)
-
-
 def create_app(users: dict[str, str] | None = None, clients: dict[str, str] | None = None, tenant: str = "ACME",
-               devices: int = 50, seed: int = 1, tick: float | None = 1.0, **options: Any) -> web.Application:
-    """The simulator as an aiohttp application; ``app["sim"]`` is the :class:`Simulator`.
-
-    ``tick`` > 0 steps the world every ``tick`` seconds in the background; 0 or None leaves stepping
-    to the caller (deterministic tests). ``options`` go to :class:`Simulator`.
-    """
+               devices: int = 50, seed: int = 1, tick: float | None = DEFAULT_TICK,
+               **options: Any) -> web.Application:
+    """The simulator as an aiohttp app; ``app["sim"]`` is the :class:`Simulator` (made with ``options``).
+    ``tick`` 0 or None: a still world that only ``/_sim/step`` moves (see :mod:`fleetbridge.simkit`)."""
     sim = Simulator(users, clients, tenant, devices, seed, **options)
     http = Http(sim)
-    app = web.Application()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # aiohttp prefers AppKey; "sim" is the public contract
-        app["sim"] = sim
+    app = sim_app(sim)
     app.router.add_route("*", TOKEN_PATH, http.token)
-    app.router.add_get("/_sim/faults", http.get_faults)
-    app.router.add_post("/_sim/faults", http.set_faults)
     app.router.add_post("/_sim/settings", http.settings)
-    app.router.add_post("/_sim/step", http.step)
     app.router.add_post("/_sim/clock", http.clock)
     app.router.add_route("*", "/_sim/orders", http.sim_orders)
     app.router.add_post("/_sim/orders/{id}", http.sim_order)
-    app.router.add_get("/_sim/requests", http.get_requests)
+    add_admin_routes(app, sim, sim.faults, step_answer=lambda: {"world_time": sim.t},
+                     request_extras=lambda: {"grants": dict(sim.grant_counts)})
     app.router.add_route("*", "/{tail:.*}", http.api)
-
-    async def background(_: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(_ticker(sim, tick)) if tick else None
-        yield
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    app.cleanup_ctx.append(background)
+    start_ticker(app, level_with(sim, sim.now), tick)
     return app
 
 
-def main() -> None:  # pragma: no cover - manual demo
-    """``python -m fleetbridge_plugins.tangoe.simulator [port] [devices]``."""
-    import sys
-
-    port = int(sys.argv[1]) if len(sys.argv) > 1 else 8766
-    devices = int(sys.argv[2]) if len(sys.argv) > 2 else 50
-    web.run_app(create_app(devices=devices), host="127.0.0.1", port=port)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
+if __name__ == "__main__":  # pragma: no cover - manual demo:
+    # ``python -m fleetbridge_plugins.tangoe.simulator [port] [devices]``
+    run_demo(create_app, 8766, 50)
