@@ -248,10 +248,15 @@ class LattigoPlatform(Platform):
         }
 
     @classmethod
-    def create_simulator(cls, config: Mapping[str, Any], devices: int, seed: int) -> web.Application | None:
+    def create_simulator(cls, config: Mapping[str, Any], devices: int, seed: int, *,
+                         tick: float | None = None) -> web.Application | None:
+        """The simulator app; ``tick`` 0 keeps its world still until ``/_sim/step`` (None: it moves)."""
+        from fleetbridge.simkit import tick_option
+
         from .simulator import create_app
 
-        return create_app(accounts={config["key_name"]: config["api_key"]}, devices=devices, seed=seed)
+        return create_app(accounts={config["key_name"]: config["api_key"]}, devices=devices, seed=seed,
+                          **tick_option(tick))
 
     # --- discovery -----------------------------------------------------------------------------
 

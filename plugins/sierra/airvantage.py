@@ -167,10 +167,14 @@ class AirVantagePlatform(Platform):
         return {**out, **(self.oauth.info() if self.oauth else {})}
 
     @classmethod
-    def create_simulator(cls, config: Mapping[str, Any], devices: int, seed: int) -> web.Application | None:
+    def create_simulator(cls, config: Mapping[str, Any], devices: int, seed: int, *,
+                         tick: float | None = None) -> web.Application | None:
+        """The simulator app; ``tick`` 0 keeps its world still until ``/_sim/step`` (None: it moves)."""
+        from fleetbridge.simkit import tick_option
+
         from .airvantage_sim import create_app
 
-        return create_app(**sim_credentials(config), devices=devices, seed=seed)
+        return create_app(**sim_credentials(config), devices=devices, seed=seed, **tick_option(tick))
 
     # --- discovery and state -----------------------------------------------------------------
 

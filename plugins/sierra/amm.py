@@ -151,10 +151,14 @@ class AmmPlatform(Platform):
         return self._api
 
     @classmethod
-    def create_simulator(cls, config: Mapping[str, Any], devices: int, seed: int) -> web.Application | None:
+    def create_simulator(cls, config: Mapping[str, Any], devices: int, seed: int, *,
+                         tick: float | None = None) -> web.Application | None:
+        """The simulator app; ``tick`` 0 keeps its world still until ``/_sim/step`` (None: it moves)."""
+        from fleetbridge.simkit import tick_option
+
         from .amm_sim import create_app
 
-        return create_app(**sim_credentials(config), devices=devices, seed=seed)
+        return create_app(**sim_credentials(config), devices=devices, seed=seed, **tick_option(tick))
 
     # --- discovery and the plan -------------------------------------------------------------
 

@@ -226,12 +226,17 @@ class TangoePlatform(Platform):
         return out
 
     @classmethod
-    def create_simulator(cls, config: Mapping[str, Any], devices: int, seed: int) -> web.Application | None:
+    def create_simulator(cls, config: Mapping[str, Any], devices: int, seed: int, *,
+                         tick: float | None = None) -> web.Application | None:
+        """The simulator app; ``tick`` 0 keeps its world still until ``/_sim/step`` (None: it moves)."""
+        from fleetbridge.simkit import tick_option
+
         from .simulator import create_app
 
         return create_app(users={config["username"]: config["password"]},
                           clients={config["client_id"]: config["client_secret"]},
-                          tenant=config.get("tenant") or "ACME", devices=devices, seed=seed)
+                          tenant=config.get("tenant") or "ACME", devices=devices, seed=seed,
+                          **tick_option(tick))
 
     # --- discovery and state -----------------------------------------------------------------
 
