@@ -9,10 +9,11 @@ The spec is ``{"platforms": [{"name", "devices", "seed", "config"}]}``. The proc
 line (``{"control": port, "ports": {platform: port}, "errors": {...}}``) and serves until its stdin
 closes or it gets SIGTERM/SIGINT, so it never outlives ``run.py``.
 
-The tracker simulator (``opengps``) is created with ``tick=0``: its world stands still unless this
-process steps it. A middleware sees every ``/api/track`` request and detects the start of a bridge
-refresh cycle (a batch naming an IMEI already served since the last cycle start). At that moment,
-depending on the mode set through ``POST /bench/mode``:
+Every simulator is created with ``tick=0``: its world stands still unless this process steps it
+(only the tracker's is stepped, below), so the steady state is quiet for every platform. A
+middleware sees every ``/api/track`` request and detects the start of a bridge refresh cycle (a
+batch naming an IMEI already served since the last cycle start). At that moment, depending on the
+mode set through ``POST /bench/mode``:
 
 * ``quiet``: nothing changes (steady state);
 * ``storm``: the whole world steps forward by the wall time since the last step (>= 1 s), so every
@@ -20,8 +21,8 @@ depending on the mode set through ``POST /bench/mode``:
 * ``latency``: ``k`` random online devices get a new ``speed``; the time of the change and the time
   the vendor answered the batch carrying it are recorded.
 
-Other platforms run their ``Platform.create_simulator`` app unchanged; their requests are counted
-by method and path.
+Other platforms run their ``Platform.create_simulator`` app (with ``tick=0``); their requests are
+counted by method and path.
 """
 
 from __future__ import annotations
@@ -224,7 +225,7 @@ def create(entry: dict[str, Any]) -> web.Application:
     from fleetbridge.plugins import load_plugins
 
     cls = load_plugins().platforms[name]
-    app = cls.create_simulator(config, devices, seed)
+    app = cls.create_simulator(config, devices, seed, tick=0)  # a still world: a quiet steady state
     if app is None:
         raise RuntimeError(f"platform {name} has no simulator")
     return app
