@@ -146,6 +146,22 @@ async def test_owner_group_hourly_limit_and_headers(serve, session) -> None:
     assert app["sim"].throttled == 1 and app["sim"].max_in_hour == 3
 
 
+async def test_still_world_keeps_its_values_while_the_clock_runs(serve, session) -> None:
+    clock = ManualClock(NOW)
+    app = create_app(CLIENTS, USERS, devices=5, clock=clock, rate_limit=2, tick=0)
+    client = Client(session, await serve(app))
+    await client.login()
+    path = f"/api/v1/systems/{next(iter(app['sim'].gateways))}/data"
+    _, values, _ = await client.get(path, ids=IDS)
+    clock.advance(3600)  # tokens and the hourly limit follow the clock; the values stand still
+    assert [(await client.get(path, ids=IDS))[:2] for _ in range(2)] == [(200, values)] * 2
+    assert (await client.get(path, ids=IDS))[0] == 429
+    async with session.post(f"{client.url}/_sim/step", params={"dt": "3600"}) as resp:
+        assert (await resp.json())["time"] == clock.time()
+    status, moved, _ = await client.get(path, ids=IDS)
+    assert status == 200 and moved != values
+
+
 async def test_rotating_single_use_refresh_tokens_and_expiry_on_the_clock(serve, session) -> None:
     clock = ManualClock(NOW)
     app = create_app(CLIENTS, USERS, devices=2, clock=clock, access_lifetime=600)
