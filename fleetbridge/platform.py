@@ -239,6 +239,8 @@ class Platform:
         return {}
 
     @classmethod
-    def create_simulator(cls, config: Mapping[str, Any], devices: int, seed: int) -> web.Application | None:
-        """An aiohttp app simulating this vendor for ``config``'s credentials, or None."""
+    def create_simulator(cls, config: Mapping[str, Any], devices: int, seed: int, *,
+                         tick: float | None = None) -> web.Application | None:
+        """An aiohttp app simulating this vendor for ``config``'s credentials, or None. ``tick`` 0
+        keeps the simulated world still until ``POST /_sim/step`` (None: it moves on its own)."""
         return None

@@ -14,7 +14,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
@@ -410,13 +410,15 @@ class OpenGpsClient:
 
     async def track(self, imeis: Sequence[str]) -> list[dict[str, Any]]:
         """Latest track records of ``imeis``: one request per 100. Measures the clock skew."""
+        return [record async for batch in self.track_batches(imeis) for record in batch]
+
+    async def track_batches(self, imeis: Sequence[str]) -> AsyncIterator[list[dict[str, Any]]]:
+        """The records of :meth:`track`, one request (100 IMEIs) at a time."""
         now = self._clock()
         self._unauthorized = {i: t for i, t in self._unauthorized.items() if now - t < UNAUTHORIZED_RETRY}
         wanted = [imei for imei in imeis if imei not in self._unauthorized]
-        out: list[dict[str, Any]] = []
         for batch in chunks(wanted, MAX_IMEIS):
-            out += await self._track_batch(batch)
-        return out
+            yield await self._track_batch(batch)
 
     async def _track_batch(self, batch: list[str]) -> list[dict[str, Any]]:
         """One batch; on 10013 (an IMEI not authorised) bisect to drop the culprit(s)."""

@@ -6,8 +6,9 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -99,6 +100,7 @@ def _absent(value: Any) -> bool:
     return value is None or value == "" or value == -1 or value == "-1"
 
 
+@lru_cache(maxsize=4096)  # a poll's records share a few hundred distinct seconds
 def iso(ts: float) -> str:
     """Unix seconds -> ``2026-12-02T06:15:00Z``."""
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -123,6 +125,8 @@ def _parse_iso(text: Any) -> datetime | None:
 
 def _number(value: Any, kind: type = float) -> Any:
     """A number from the vendor (ints, floats, numeric strings); ValueError otherwise."""
+    if type(value) is int:  # the common case, exact
+        return value if kind is int else float(value)
     if isinstance(value, bool):
         raise ValueError("boolean where a number was expected")
     number = float(value)
@@ -137,40 +141,60 @@ def _leading_number(value: Any) -> float | None:
     return float(match.group(1)) if match else None
 
 
+def _km(value: Any) -> float:
+    return _number(value) / 1000
+
+
+def _int(value: Any) -> int:
+    return _number(value, int)
+
+
+def _time(value: Any) -> str | None:
+    return _iso_or_none(_number(value))
+
+
+#: Track fields: canonical key, vendor field, converter (raises ValueError/TypeError when malformed).
+TRACK_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
+    ("speed", "speed", _number),
+    ("heading", "course", _int),
+    ("gps_time", "gpstime", _time),
+    ("last_seen", "hearttime", _time),
+    ("battery", "battery", _int),
+    ("voltage", "externalpower", _leading_number),
+    ("odometer", "mileage", _km),
+    ("trip_distance_today", "todaymileage", _km),
+)
+_FLAG_FIELDS = tuple((field, key, true) for field, (key, true) in FLAGS.items())
+
+
 def track_state(record: Mapping[str, Any]) -> dict[str, Any]:
     """Canonical state of one track record (no ``expires_at``). ValueError/TypeError if malformed."""
     state: dict[str, Any] = {}
-
-    def put(key: str, field: str, convert: Callable[[Any], Any]) -> None:
-        value = record.get(field)
-        if not _absent(value):
-            state[key] = convert(value)
-
-    lat, lon = record.get("latitude"), record.get("longitude")
+    get = record.get
+    lat, lon = get("latitude"), get("longitude")
     if lat is not None and lon is not None and lat != "" and lon != "":
         lat, lon = _number(lat), _number(lon)
         if not (-90 <= lat <= 90 and -180 <= lon <= 180):
             raise ValueError("position out of range")
         if (lat, lon) != (0.0, 0.0):  # 0,0 is "no fix yet"
             state["latitude"], state["longitude"] = lat, lon
-    put("speed", "speed", _number)
-    put("heading", "course", lambda v: _number(v, int))
-    put("gps_time", "gpstime", lambda v: _iso_or_none(_number(v)))
-    put("last_seen", "hearttime", lambda v: _iso_or_none(_number(v)))
-    put("battery", "battery", lambda v: _number(v, int))
-    put("voltage", "externalpower", _leading_number)
-    put("odometer", "mileage", lambda v: _number(v) / 1000)
-    put("trip_distance_today", "todaymileage", lambda v: _number(v) / 1000)
-    for field, (key, true_value) in FLAGS.items():
-        put(key, field, lambda v, t=true_value: _number(v, int) == t)
-    status = record.get("datastatus")
+    for key, field, convert in TRACK_FIELDS:
+        value = get(field)
+        if not _absent(value):
+            converted = convert(value)
+            if converted is not None:
+                state[key] = converted
+    for field, key, true_value in _FLAG_FIELDS:
+        value = get(field)
+        if not _absent(value):
+            state[key] = _number(value, int) == true_value
+    status = get("datastatus")
     if not _absent(status):
         code = _number(status, int)
         state["online"] = code == 2
         if code != 2:
-            _LOGGER.debug("%s: tracker status %s (%s)", record.get("imei"), code,
-                          DATA_STATUS.get(code, "unknown"))
-    return {k: v for k, v in state.items() if v is not None}
+            _LOGGER.debug("%s: tracker status %s (%s)", get("imei"), code, DATA_STATUS.get(code, "unknown"))
+    return state
 
 
 def expiry(attributes: Mapping[str, Any]) -> str | None:
@@ -369,23 +393,24 @@ class OpenGpsPlatform(Platform):
             _LOGGER.warning("listing of account %s refused: %s", account or "(own)", err)
             return []
 
-    async def async_poll(self, devices: list[DeviceInfo]) -> dict[str, dict[str, Any]]:
+    async def async_poll_batches(self, devices: list[DeviceInfo]) -> AsyncIterator[dict[str, dict[str, Any]]]:
         by_id = {d.id: d for d in devices}
-        states: dict[str, dict[str, Any]] = {}
-        for record in await self.api.track(list(by_id)):
-            imei = str(record.get("imei") or "")
-            if imei not in by_id:
-                continue
-            try:
-                state = track_state(record)
-            except (TypeError, ValueError) as err:
-                self._log_once(imei, "malformed track record skipped", err)
-                continue
-            expires = expiry(by_id[imei].attributes)
-            if expires:
-                state["expires_at"] = expires
-            states[imei] = state
-        return states
+        async for records in self.api.track_batches(list(by_id)):
+            states: dict[str, dict[str, Any]] = {}
+            for record in records:
+                imei = str(record.get("imei") or "")
+                if imei not in by_id:
+                    continue
+                try:
+                    state = track_state(record)
+                except (TypeError, ValueError, OverflowError) as err:
+                    self._log_once(imei, "malformed track record skipped", err)
+                    continue
+                expires = expiry(by_id[imei].attributes)
+                if expires:
+                    state["expires_at"] = expires
+                states[imei] = state
+            yield states
 
     def _log_once(self, imei: str, what: str, err: Exception) -> None:
         """Warn about a device's bad data once (per kind), then only at debug level."""
