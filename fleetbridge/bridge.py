@@ -17,7 +17,7 @@ from collections import deque
 from datetime import datetime, timezone
 from typing import Any
 
-from . import __version__, discovery, redact
+from . import __version__, codec, discovery, redact
 from .account import Account, Device, _iso
 from .config import Config
 from .errors import Rejected
@@ -34,8 +34,7 @@ BIRTH_DELAY = (1.0, 5.0)
 DISCOVERY_SETTLE = 2.0  # seconds Home Assistant gets to subscribe to new entities
 
 
-def _json(data: Any) -> bytes:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode()
+_json = codec.dumps
 
 
 class Bridge:

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from fleetbridge import codec
 from fleetbridge.errors import (
     AuthFailed,
     BadResponse,
@@ -553,7 +554,7 @@ class OpenGpsClient:
 def _decode(body: bytes) -> dict[str, Any] | None:
     """The JSON object in ``body`` whatever Content-Type claims, or None."""
     try:
-        value = json.loads(body.decode("utf-8-sig"))
+        value = codec.loads(body.decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
