@@ -20,7 +20,7 @@ import aiohttp
 from . import redact
 from .entities import coerce_state
 from .errors import AuthFailed, CommandFailed, FleetbridgeError, Rejected, VendorError
-from .platform import DeviceInfo, Platform, ServiceCall, ServiceResult, slugify
+from .platform import DeviceInfo, Platform, ServiceCall, ServiceResult, cooperative, slugify
 from .ratelimit import RateBudget
 
 if TYPE_CHECKING:
@@ -32,7 +32,6 @@ _LOGGER = logging.getLogger(__name__)
 AUTH_RETRY = 3600.0  # refused credentials: wait an hour (or a config change / restart)
 BACKOFF_MAX = 300.0
 CALL_TIMEOUT = 600.0
-YIELD_EVERY = 200  # devices handled between two turns of the event loop in a poll
 STATE_SAVE_EVERY = 30.0  # seconds between writes of changed states to the store
 
 
@@ -381,9 +380,7 @@ class Account:
     async def _apply(self, states: dict[str, dict[str, Any]]) -> None:
         """Take one batch of vendor states: publish the devices whose canonical state changed."""
         now = time.time()
-        for n, (vendor_id, raw) in enumerate(states.items(), 1):
-            if n % YIELD_EVERY == 0:
-                await asyncio.sleep(0)  # let commands and publishes through during a large batch
+        async for vendor_id, raw in cooperative(states.items()):
             dev = self.by_vendor_id.get(vendor_id)
             if dev is None:
                 continue

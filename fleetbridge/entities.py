@@ -154,6 +154,8 @@ def _to_dict(value: Any) -> dict[str, Any]:
 
 
 _INFINITIES = (float("inf"), float("-inf"))
+#: canonical key -> its declared type
+TYPES: dict[str, type] = {k.key: k.type for k in STATE_KEYS}
 #: canonical key -> converter to its declared type (raises TypeError/ValueError/OverflowError)
 CONVERTERS: dict[str, Any] = {
     k.key: {float: _to_float, int: _to_int, bool: _to_bool, dict: _to_dict}.get(k.type, str) for k in STATE_KEYS
@@ -166,8 +168,12 @@ def coerce_state(state: dict[str, Any]) -> dict[str, Any]:
     ``None`` means "not reported" and is dropped; so is a value that cannot be converted.
     """
     out: dict[str, Any] = {}
-    converters = CONVERTERS
+    types, converters = TYPES, CONVERTERS
     for key, value in state.items():
+        kind = type(value)
+        if kind is types.get(key) and kind is not float and kind is not dict:
+            out[key] = value  # already canonical (bool, int, str): the common case, no call
+            continue
         convert = converters.get(key)
         if convert is None or value is None:
             continue

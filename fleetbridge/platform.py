@@ -8,11 +8,12 @@ pagination and the mapping of vendor fields to canonical keys (:mod:`fleetbridge
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import voluptuous as vol
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
 SLUG_RE = re.compile(r"^[a-z0-9_-]+$")
+T = TypeVar("T")
 
 
 def slugify(text: str) -> str:
@@ -34,6 +36,18 @@ def slug(value: Any) -> str:
     if not isinstance(value, str) or not SLUG_RE.match(value):
         raise vol.Invalid("must be a slug of a-z, 0-9, _ and -")
     return value
+
+
+YIELD_EVERY = 100  # items a long loop handles between two turns of the event loop
+
+
+async def cooperative(items: Iterable[T], every: int = YIELD_EVERY) -> AsyncIterator[T]:
+    """Iterate ``items``, letting the event loop run every ``every`` items: a poll that parses a
+    large vendor answer then never holds up a command or a publish for long."""
+    for n, item in enumerate(items, 1):
+        if n % every == 0:
+            await asyncio.sleep(0)
+        yield item
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -25,6 +25,7 @@ from fleetbridge.platform import (
     RateLimit,
     ServiceCall,
     ServiceResult,
+    cooperative,
     slugify,
 )
 
@@ -300,7 +301,7 @@ class LattigoPlatform(Platform):
         fetched_at, records = await self._sweep()
         wanted = {d.id for d in devices}
         states: dict[str, dict[str, Any]] = {}
-        for record in records:
+        async for record in cooperative(records):
             name = device_name(record)
             if name in wanted:
                 states[name] = device_state(record)

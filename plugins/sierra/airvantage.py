@@ -26,6 +26,7 @@ from fleetbridge.platform import (
     RateLimit,
     ServiceCall,
     ServiceResult,
+    cooperative,
 )
 
 from .airvantage_api import (
@@ -202,7 +203,7 @@ class AirVantagePlatform(Platform):
     async def async_poll(self, devices: list[DeviceInfo]) -> dict[str, dict[str, Any]]:
         wanted = {d.id for d in devices}
         return {str(gw["uid"]): gateway_state(gw, self.note_key)
-                for gw in await self._gateways(reuse=True) if str(gw["uid"]) in wanted}
+                async for gw in cooperative(await self._gateways(reuse=True)) if str(gw["uid"]) in wanted}
 
     # --- services ----------------------------------------------------------------------------
 

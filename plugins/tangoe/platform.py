@@ -24,6 +24,7 @@ from fleetbridge.platform import (
     RateLimit,
     ServiceCall,
     ServiceResult,
+    cooperative,
 )
 
 from .api import Context, RequestRefused, TangoeClient, item_id
@@ -271,7 +272,7 @@ class TangoePlatform(Platform):
         self.api.start_activity("poll")
         wanted = {d.id for d in devices}
         states: dict[str, dict[str, Any]] = {}
-        for handset in await self._handsets(reuse=True):
+        async for handset in cooperative(await self._handsets(reuse=True)):
             if handset.id in wanted:
                 state = handset_state(handset)
                 if handset.id in self._open:
@@ -288,7 +289,7 @@ class TangoePlatform(Platform):
         devices = await self.api.devices()
         lines = index_lines(await self.api.services())
         handsets = []
-        for record in devices:
+        async for record in cooperative(devices):
             device_id = item_id(record)
             if device_id is None:
                 continue
