@@ -1,7 +1,10 @@
-"""The reference publisher of the benchmark: a bare aiomqtt client, no bridge logic.
+"""The reference publisher of the benchmark: a bare MQTT client, no bridge logic.
 
-Same library, QoS, retain flag and in-flight window as the bridge's sender (``fleetbridge/mqtt.py``),
-and the payloads the bridge published in the same run. Started by ``run.py``::
+Same libraries, QoS, retain flag, in-flight window and publish mechanism as the bridge's sender
+(``fleetbridge/mqtt.py``: an aiomqtt connection, paho's non-blocking ``publish()`` with the window
+counted down in ``on_publish``), and the payloads the bridge published in the same run. ``"mode":
+"awaited"`` instead awaits aiomqtt's ``publish()`` in one task per message (the bridge's sender before
+it was rewritten), for comparison. Started by ``run.py``::
 
     python benchmarks/bare.py '{"host": "127.0.0.1", "port": 1883, "payloads": "file.json",
                                 "count": 50000, "window": 32, "qos": 1, "retain": true}'
@@ -20,39 +23,76 @@ import time
 import aiomqtt
 
 
+async def direct(client: aiomqtt.Client, items: list[tuple[str, bytes]], count: int, window_size: int,
+                 qos: int, retain: bool) -> None:
+    """paho's publish(), at most ``window_size`` unacknowledged (the bridge's way)."""
+    paho = client._client  # noqa: SLF001
+    inflight: set[int] = set()
+    free = asyncio.Event()
+    chained = paho.on_publish
+
+    def on_publish(c, userdata, mid, *rest) -> None:
+        if mid in inflight:
+            inflight.discard(mid)
+            free.set()
+        else:
+            chained(c, userdata, mid, *rest)
+
+    paho.on_publish = on_publish
+    n = len(items)
+    for i in range(count):
+        while len(inflight) >= window_size:
+            free.clear()
+            await free.wait()
+        topic, payload = items[i % n]
+        info = paho.publish(topic, payload, qos, retain)
+        if not info.is_published():
+            inflight.add(info.mid)
+    while inflight:
+        free.clear()
+        await free.wait()
+
+
+async def awaited(client: aiomqtt.Client, items: list[tuple[str, bytes]], count: int, window_size: int,
+                  qos: int, retain: bool) -> None:
+    """aiomqtt's awaited publish(), one task per message, a semaphore for the window."""
+    window = asyncio.Semaphore(window_size)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def send(topic: str, payload: bytes) -> None:
+        try:
+            await client.publish(topic, payload, qos=qos, retain=retain)
+        finally:
+            window.release()
+
+    n = len(items)
+    for i in range(count):
+        await window.acquire()
+        topic, payload = items[i % n]
+        task = asyncio.create_task(send(topic, payload))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    await asyncio.gather(*tasks)
+
+
 async def main(spec: dict) -> dict:
     with open(spec["payloads"], encoding="utf-8") as fh:
         items = [(topic, payload.encode()) for topic, payload in json.load(fh)]
     count, window_size = int(spec["count"]), int(spec.get("window", 32))
     qos, retain = int(spec.get("qos", 1)), bool(spec.get("retain", True))
+    publisher = awaited if spec.get("mode") == "awaited" else direct
     client = aiomqtt.Client(spec["host"], int(spec["port"]), identifier=f"bench-bare-{os.getpid()}",
                             max_inflight_messages=window_size, timeout=30)
     client.pending_calls_threshold = window_size * 4
     async with client:
-        window = asyncio.Semaphore(window_size)
-        tasks: set[asyncio.Task[None]] = set()
-
-        async def send(topic: str, payload: bytes) -> None:
-            try:
-                await client.publish(topic, payload, qos=qos, retain=retain)
-            finally:
-                window.release()
-
         cpu0, t0 = os.times(), time.perf_counter()
-        n = len(items)
-        for i in range(count):
-            await window.acquire()
-            topic, payload = items[i % n]
-            task = asyncio.create_task(send(topic, payload))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        await asyncio.gather(*tasks)
+        await publisher(client, items, count, window_size, qos, retain)
         t1, cpu1 = time.perf_counter(), os.times()
     cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
     seconds = t1 - t0
-    return {"messages": count, "seconds": round(seconds, 3), "rate": round(count / seconds, 1),
-            "cpu_s": round(cpu, 3), "cpu_per_1000": round(cpu / count * 1000, 4),
-            "payload_bytes_mean": round(sum(len(p) for _, p in items) / n, 1)}
+    return {"mode": publisher.__name__, "messages": count, "seconds": round(seconds, 3),
+            "rate": round(count / seconds, 1), "cpu_s": round(cpu, 3), "cpu_per_1000": round(cpu / count * 1000, 4),
+            "payload_bytes_mean": round(sum(len(p) for _, p in items) / n, 1) if (n := len(items)) else 0}
 
 
 if __name__ == "__main__":

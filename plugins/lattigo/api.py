@@ -8,6 +8,7 @@ never the API key (nor the Basic credentials built from it).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -19,7 +20,6 @@ from urllib.parse import quote
 
 import aiohttp
 
-from fleetbridge import codec
 from fleetbridge.errors import AuthFailed, BadResponse, RateLimited, Unreachable, VendorError
 
 from .normalize import as_int, as_text, records, status_map, unwrap_list, unwrap_object
@@ -328,7 +328,7 @@ def _decode(raw: bytes) -> Any:
     if not text:
         return None
     try:
-        return codec.loads(text)
+        return json.loads(text)
     except (ValueError, RecursionError):
         return _INVALID
 

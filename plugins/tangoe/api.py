@@ -9,6 +9,7 @@ when they point at the configured host: the token is never sent anywhere else.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import uuid
@@ -20,7 +21,6 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from fleetbridge import codec
 from fleetbridge.errors import BadResponse, RateLimited, TokenInvalid, Unreachable, VendorError
 
 from .auth import TokenManager
@@ -428,7 +428,7 @@ def _decode(raw: bytes) -> Any:
     if not text:
         return None
     try:
-        return codec.loads(text)
+        return json.loads(text)
     except (ValueError, RecursionError):
         return _INVALID
 

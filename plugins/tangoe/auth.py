@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import time
 from collections import Counter
@@ -19,7 +20,6 @@ from typing import Any
 
 import aiohttp
 
-from fleetbridge import codec
 from fleetbridge.errors import AuthFailed, BadResponse, RateLimited, Unreachable
 
 _LOGGER = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ class TokenManager:
 
 def _json_object(body: bytes) -> dict[str, Any] | None:
     try:
-        value = codec.loads(body.decode("utf-8-sig"))
+        value = json.loads(body.decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
