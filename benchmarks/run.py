@@ -968,6 +968,10 @@ def vendor_efficiency(names, devices, accounts, s0, s1, info, run) -> dict[str, 
                 out[name].update({"requests_per_cycle": n_req, "efficiency": round(n_req / minimum, 3),
                                   "note": "planned by the plugin (its bridge/info warning), cycle not observed: "
                                           + warnings[:300]})
+        floor = run.caps.get(name, {}).get("api_floor")
+        if floor and out[name].get("requests_per_cycle"):  # AMM: the fewest the API allows for the
+            out[name]["api_floor"] = floor                   # simulator's group tree (simhost.group_floor)
+            out[name]["efficiency_vs_api_floor"] = round(out[name]["requests_per_cycle"] / floor, 3)
     return out
 
 
@@ -1293,7 +1297,8 @@ def table(doc: dict[str, Any]) -> str:
                 cells.append("-")
             else:
                 mark = "*" if "planned" in (ve.get("note") or "") else ""
-                cells.append(f"{ve['requests_per_cycle']:g}{mark} / {ve['minimum']} = {ve['efficiency']:.2f}")
+                floor = f" (API floor {ve['api_floor']}: {ve['efficiency_vs_api_floor']:.2f})" if ve.get("api_floor") else ""
+                cells.append(f"{ve['requests_per_cycle']:g}{mark} / {ve['minimum']} = {ve['efficiency']:.2f}{floor}")
         lines.append(f"| vendor {name}: refresh requests / minimum = efficiency | " + " | ".join(cells) + " |")
     lines += ["", "| target | size | value | target | verdict |", "|---|---:|---:|---:|---|"]
     for row in doc["targets"]:

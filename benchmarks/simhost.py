@@ -46,6 +46,15 @@ from aiohttp import web
 MAX_LOG = 200_000  # bounded request logs
 ID_SEGMENT = re.compile(r"/(?=[^/]*\d)[^/]{8,}")  # long segments with digits: ids (ICCIDs, uids, UUIDs)
 CAP_ATTRS = ("max_per_page", "max_page", "max_limit")  # simulators' page caps: what the vendor allows
+
+
+def group_floor(group: Any, cap: int) -> int:
+    """The fewest AMM requests that read every gateway of ``group``'s tree: a group request returns
+    the whole subtree (at most ``cap`` gateways), the only other read is one gateway. A subtree that
+    fits costs one; otherwise its children's floors plus one per gateway directly in it."""
+    if sum(len(g.gateways) for g in group.walk()) <= cap:
+        return 1 if any(g.gateways for g in group.walk()) else 0
+    return len(group.gateways) + sum(group_floor(child, cap) for child in group.children)
 VOLATILE = re.compile(r"token|time|signature|^ts$|^_|since|until|begin|end", re.I)  # not part of a request's identity
 
 
@@ -254,6 +263,8 @@ async def main(spec: dict[str, Any]) -> None:
             platforms[name] = plat
             sim = app.get("sim")
             caps[name] = {a: getattr(sim, a) for a in CAP_ATTRS if sim is not None and hasattr(sim, a)}
+            if sim is not None and hasattr(sim, "root") and hasattr(sim, "target_cap"):
+                caps[name]["api_floor"] = group_floor(sim.root, sim.target_cap)
         except Exception as err:  # a plugin in progress: report it, run the others
             errors[name] = f"{type(err).__name__}: {err}"
             traceback.print_exc(file=sys.stderr)

@@ -23,6 +23,7 @@ def loads(data: bytes | str) -> Any:
 def dumps(data: Any) -> bytes:
     """Compact UTF-8 JSON with sorted keys (equal data, equal bytes: unchanged states stay unsent)."""
     try:
-        return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+        # orjson's bytes keep their 4 KB work buffer; a right-sized copy is what the link retains
+        return memoryview(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).tobytes()
     except TypeError:
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode()

@@ -153,3 +153,20 @@ async def test_producers_wait_for_room_while_the_backlog_drains(
 def test_coerce_state_survives_infinite_and_huge_numbers() -> None:
     state = coerce_state({"battery": float("inf"), "speed": 10**400, "heading": "nan", "odometer": 5})
     assert state == {"odometer": 5.0}
+
+
+def test_encoded_states_are_right_sized() -> None:
+    """A retained payload must not carry an encoder's work buffer (orjson's is 4 KB)."""
+    import tracemalloc
+
+    from fleetbridge import codec
+
+    state = {"speed": 12.5, "latitude": 52.1, "online": True, "gps_time": "2026-12-02T10:00:00Z"}
+    tracemalloc.start()
+    try:
+        kept = [codec.dumps(state) for _ in range(1000)]
+        per_payload = tracemalloc.get_traced_memory()[0] / len(kept)
+    finally:
+        tracemalloc.stop()
+    assert codec.loads(kept[0]) == state
+    assert per_payload < 4 * len(kept[0]) + 200
