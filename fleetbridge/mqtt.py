@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import ssl
 import zlib
 from collections import deque
@@ -32,6 +33,20 @@ LOW_WATER = 1000  # messages waiting: below this a poll may go on (back-pressure
 
 MessageHandler = Callable[[str, bytes, bool], Awaitable[None] | None]  # topic, payload, retained
 Done = Callable[[], None] | None
+
+
+def _ack_now(sock: socket.socket | None) -> None:
+    """Acknowledge what the broker sent at once (Linux TCP_QUICKACK). When the bridge goes quiet
+    after a PUBACK, its kernel would delay that TCP ACK up to 40 ms, and a broker without
+    ``set_tcp_nodelay`` holds its next small packet (a command) until the ACK comes (Nagle)."""
+    if sock is not None and _QUICKACK is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+        except (OSError, AttributeError, TypeError):  # a TLS or test socket that will not take it
+            pass
+
+
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
 
 class _Packed(bytes):
@@ -266,9 +281,11 @@ class MqttLink:
             entry = inflight.pop(mid, None)
             if entry is None:
                 chained(paho_client, userdata, mid, *rest)
-                return
-            self._sent(entry[0], entry[1], entry[3], entry[4])
-            free.set()
+            else:
+                self._sent(entry[0], entry[1], entry[3], entry[4])
+                free.set()
+            if not inflight:
+                _ack_now(paho_client.socket())
 
         paho.on_publish = on_publish
         try:
