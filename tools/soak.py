@@ -328,6 +328,8 @@ class Soak:
             "memory_second_half_growth_mb": round(half[-1] - half[0], 1) if half else None,
             "errors": {aid: acc.get("errors") for aid, acc in info.get("accounts", {}).items()},
             "account_status": {aid: acc.get("status") for aid, acc in info.get("accounts", {}).items()},
+            "requests_last_hour": {aid: {kind: use.get("last_hour") for kind, use in acc.get("rate_budget", {}).items()}
+                                   for aid, acc in info.get("accounts", {}).items()},
             "commands_answered": answered, "commands_lost": self.summary["commands_sent"] - answered,
             "devices_bridged": self.by_platform(t for t, v in self.latest.items() if t.endswith("/state") and v
                                                 and account_of(t) in self.platforms),
