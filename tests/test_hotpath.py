@@ -170,3 +170,15 @@ def test_encoded_states_are_right_sized() -> None:
         tracemalloc.stop()
     assert codec.loads(kept[0]) == state
     assert per_payload < 4 * len(kept[0]) + 200
+
+
+def test_request_counts_stay_small_without_an_hourly_cap() -> None:
+    from fleetbridge.ratelimit import HOUR, MinuteCounts
+
+    counts = MinuteCounts()
+    for n in range(100_000):  # ~28 requests a second for an hour
+        counts.add(1000.0 + n * 0.036)
+    now = 1000.0 + 100_000 * 0.036
+    assert len(counts._buckets) <= 61
+    assert abs(counts.total(now) - 100_000) <= 2000  # the oldest minute ages out in one piece
+    assert counts.total(now + HOUR + 60) == 0
