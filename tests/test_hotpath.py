@@ -117,6 +117,8 @@ async def test_large_retained_payloads_are_packed_in_memory_and_sent_whole(
         assert link.payload(f"hl{unique}/big") == big
         await rec.wait_for(lambda: rec.latest.get(f"hl{unique}/big") == big, what="the whole payload")
         await rec.wait_for(lambda: rec.latest.get(f"hl{unique}/small") == b"{}", what="the small one")
+        # acknowledged: the will's "online", big and small
+        await rec.wait_for(lambda: link.stats["published"] >= 3, what="the broker's acknowledgements")
         published = link.stats["published"]
         link.set_retained(f"hl{unique}/big", big)  # unchanged: nothing to send
         await asyncio.sleep(0.3)
