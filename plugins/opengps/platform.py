@@ -312,6 +312,7 @@ class OpenGpsPlatform(Platform):
         self.clock: Callable[[], float] = time.time
         self.client: OpenGpsClient | None = None
         self._bad_logged: set[str] = set()
+        self._heard: dict[str, int] = {}  # imei -> hearttime of its last track record
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -401,6 +402,9 @@ class OpenGpsPlatform(Platform):
                 imei = str(record.get("imei") or "")
                 if imei not in by_id:
                     continue
+                heard = record.get("hearttime")
+                if type(heard) is int:
+                    self._heard[imei] = heard
                 try:
                     state = track_state(record)
                 except (TypeError, ValueError, OverflowError) as err:
@@ -425,7 +429,9 @@ class OpenGpsPlatform(Platform):
         """Alarms since the cursor ({imei: last systemtime}); a new device starts 1 h back.
 
         A device's cursor never lags more than an hour behind now (the overlap catches records
-        the vendor indexes late; the host drops repeated uids).
+        the vendor indexes late; the host drops repeated uids). A device whose last track record says
+        it has sent nothing since its cursor (``hearttime``, the last time it sent any data, is older)
+        cannot have an alarm there: it is not asked (the API takes one IMEI per request).
         """
         old = cursor if isinstance(cursor, dict) else {}
         now = int(self.api.now())
@@ -433,6 +439,10 @@ class OpenGpsPlatform(Platform):
         new: dict[str, int] = {}
         for device in devices:
             begin = _int_or(old.get(device.id), now - FIRST_EVENT_LOOKBACK)
+            heard = self._heard.get(device.id)
+            if heard is not None and heard < begin:
+                new[device.id] = max(begin, now - FIRST_EVENT_LOOKBACK)
+                continue
             alarms = await self._alarms_of(device.id, min(begin, now), now)
             if alarms is None:
                 new[device.id] = begin

@@ -196,6 +196,25 @@ async def test_event_fetch_resumes_at_the_cursor(make_platform, vendor, clock) -
     assert cursor == {VAN: NOW + 7200 - 3600}  # a quiet device's cursor lags at most an hour
 
 
+async def test_a_device_silent_since_its_cursor_is_not_asked_for_alarms(make_platform, vendor, clock) -> None:
+    vendor.on("/api/track", ok([{"imei": VAN, "hearttime": NOW - 7200, "datastatus": 4},
+                                {"imei": OTHER, "hearttime": NOW - 10, "datastatus": 2}]))
+    vendor.on("/api/alarm/list", ok(""))
+    platform = await make_platform()
+    await platform.async_poll([device(VAN), device(OTHER)])
+    _, cursor = await platform.async_fetch_events([device(VAN), device(OTHER)], {VAN: NOW - 600})
+    assert [c.query["imei"] for c in vendor.calls_to("/api/alarm/list")] == [OTHER]
+    assert cursor == {VAN: NOW - 600, OTHER: NOW - 3600}
+    # it reports again (an alarm, say): the next fetch asks for it from its cursor
+    vendor.on("/api/track", ok([{"imei": VAN, "hearttime": NOW + 5, "datastatus": 2}]))
+    vendor.on("/api/alarm/list", ok(f"1,113.9,22.5,{NOW + 4},{NOW + 4},0,0,0"))
+    clock.advance(10)
+    await platform.async_poll([device(VAN)])
+    events, _ = await platform.async_fetch_events([device(VAN)], cursor)
+    assert [e.event_type for e in events] == ["sos"]
+    assert vendor.calls_to("/api/alarm/list")[-1].query["begintime"] == str(NOW - 600)
+
+
 async def test_one_device_refused_or_garbled_does_not_block_the_others(make_platform, vendor) -> None:
     replies = {VAN: ok("not,an,alarm"), OTHER: fail(20046, "Target is expired."),
                "999": ok(f"1,113.9,22.5,{NOW - 30},{NOW - 20},0,0,0")}
