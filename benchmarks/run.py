@@ -1001,17 +1001,20 @@ async def profile(run: Run, pid: int, seconds: float) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     raw = out_dir / f"storm-{run.size}.txt"
     svg = out_dir / f"storm-{run.size}.svg"
-    base = [spy, "record", "--pid", str(pid), "--rate", "100", "--nonblocking"]
+    # run in the output folder with bare names: py-spy writes its command line into the flame graph,
+    # which must not carry this machine's paths
+    base = ["py-spy", "record", "--pid", str(pid), "--rate", "100", "--nonblocking"]
+    where = {"executable": spy, "cwd": out_dir, "capture_output": True, "text": True}
     loop = asyncio.get_running_loop()
     done = await loop.run_in_executor(None, lambda: subprocess.run(
-        base + ["--duration", str(int(seconds)), "--format", "raw", "-o", str(raw)],
-        capture_output=True, text=True, timeout=seconds + 60))
+        base + ["--duration", str(int(seconds)), "--format", "raw", "-o", raw.name],
+        timeout=seconds + 60, **where))
     if done.returncode != 0:
         return {"error": done.stderr[-500:]}
     await loop.run_in_executor(None, lambda: subprocess.run(
-        base + ["--duration", str(min(int(seconds), 10)), "-o", str(svg)],
-        capture_output=True, text=True, timeout=seconds + 60))
-    return {"raw": str(raw), "svg": str(svg) if svg.exists() else None, **analyse_profile(raw)}
+        base + ["--duration", str(min(int(seconds), 10)), "-o", svg.name], timeout=seconds + 60, **where))
+    # file names only: they lie in the --profile folder (a JSON document carries no machine paths)
+    return {"raw": raw.name, "svg": svg.name if svg.exists() else None, **analyse_profile(raw)}
 
 
 STAGES = (  # (stage, frames that put a sample in it); the first match wins
