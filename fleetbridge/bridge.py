@@ -21,6 +21,7 @@ from . import __version__, codec, discovery, redact
 from .account import Account, Device, _iso
 from .config import Config
 from .errors import Rejected
+from .ledger import EventLedger
 from .platform import SLUG_RE, Event, slugify
 from .plugins import PluginRegistry
 from .services import CONTROL_BY_KEY, SERVICE_BY_NAME, decode_payload, parse_payload
@@ -73,6 +74,11 @@ class Bridge:
             if self.mqtt_cfg.discovery else [],
             owns_discovery=self._owns_discovery,
         )
+        self.ledger: EventLedger | None = None
+        if self.mqtt_cfg.event_ledger:
+            self.ledger = EventLedger(self.mqtt_cfg, events=self.topics.device("+", "+", "event"),
+                                      marker=self.topics.bridge("ledger"), on_seen=self._event_seen)
+            self.mqtt.acked_barrier = self.ledger.sync
 
     # -- life cycle ---------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -81,6 +87,8 @@ class Bridge:
         self._publish_info()
         self._publish_devices_list()
         tasks = [asyncio.create_task(self.mqtt.run(), name="mqtt")]
+        if self.ledger:
+            tasks.append(asyncio.create_task(self.ledger.run(), name="event-ledger"))
         tasks += [asyncio.create_task(acc.run(), name=f"account:{acc.id}") for acc in self.accounts.values()]
         if self.mqtt_cfg.heartbeat:
             tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
@@ -114,6 +122,7 @@ class Bridge:
             "accounts": {aid: acc.info() for aid, acc in self.accounts.items()},
             "device_count": sum(len(a.devices) for a in self.accounts.values()),
             "discovery_mode": self.mqtt_cfg.discovery_mode,
+            "event_ledger": self.ledger.status if self.ledger else "off",
         }
 
     def _publish_info(self) -> None:
@@ -254,7 +263,13 @@ class Bridge:
                 self.store.outbox_done(outbox_id)
                 self._outbox_queued.discard(outbox_id)
 
-            self.mqtt.publish(topic, payload, qos=max(qos, 1), on_done=done)
+            self.mqtt.publish(topic, payload, qos=max(qos, 1), on_done=done,
+                              wanted=lambda outbox_id=outbox_id: outbox_id in self._outbox_queued)
+
+    def _event_seen(self, topic: str, payload: bytes) -> None:
+        """The event ledger read an event back from the broker: it is delivered, never send it again."""
+        for outbox_id in self.store.outbox_seen(topic, payload):
+            self._outbox_queued.discard(outbox_id)
 
     def service_result(self, acc: Account, dev: Device, service: str, status: str, detail: str) -> None:
         self._result(acc.id, dev.slug, service, status, detail)

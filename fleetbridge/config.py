@@ -62,6 +62,7 @@ class MqttConfig:
     heartbeat: float = 0  # seconds between re-publishing unchanged state; 0: only on change
     device_triggers: bool = True  # one Home Assistant device trigger per event type
     qos: int = 1
+    event_ledger: bool = True  # exactly-once events across a crash (fleetbridge/ledger.py)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -393,6 +394,7 @@ MQTT_SCHEMA = vol.Schema({
     vol.Optional("heartbeat", default=0, description='seconds between re-publishing unchanged states (0: only on change)'): vol.All(_number, vol.Range(min=0)),
     vol.Optional("device_triggers", default=True, description='one Home Assistant device trigger per event type, beside the event entity'): _boolean,
     vol.Optional("qos", default=1, description='QoS of what the bridge publishes (0 or 1)'): vol.All(_integer, vol.In((0, 1))),
+    vol.Optional("event_ledger", default=True, description="a second connection (`<client_id>-ledger`, persistent session) that reads the bridge's own events back, so that a crash never repeats one"): _boolean,
 })
 
 HTTP_SCHEMA = vol.Schema({

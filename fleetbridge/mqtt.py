@@ -33,6 +33,7 @@ LOW_WATER = 1000  # messages waiting: below this a poll may go on (back-pressure
 
 MessageHandler = Callable[[str, bytes, bool], Awaitable[None] | None]  # topic, payload, retained
 Done = Callable[[], None] | None
+Wanted = Callable[[], bool] | None  # asked just before an acknowledged message is (re)sent
 
 
 def _ack_now(sock: socket.socket | None) -> None:
@@ -109,8 +110,10 @@ class MqttLink:
         self._transient: deque[tuple[str, bytes, int, Done]] = deque()
         # acknowledged messages (stored events) go one at a time: a crash can then repeat at most
         # the one message in flight, never a whole window
-        self._acked: deque[tuple[str, bytes, int, Callable[[], None]]] = deque()
+        self._acked: deque[tuple[str, bytes, int, Callable[[], None], Wanted]] = deque()
         self._acked_wake = asyncio.Event()
+        # awaited on every connection before its first acknowledged message (the event ledger's sync)
+        self.acked_barrier: Callable[[], Awaitable[object]] | None = None
         self._wake = asyncio.Event()
         self._room = asyncio.Event()  # set when the backlog falls to LOW_WATER
         self._client: aiomqtt.Client | None = None
@@ -143,15 +146,16 @@ class MqttLink:
         self.set_retained(topic, b"")
 
     def publish(self, topic: str, payload: bytes | str, qos: int | None = None,
-                on_done: Callable[[], None] | None = None) -> None:
-        """Queue a non-retained message; ``on_done`` runs once the broker acknowledged it."""
+                on_done: Callable[[], None] | None = None, wanted: Wanted = None) -> None:
+        """Queue a non-retained message; ``on_done`` runs once the broker acknowledged it. Such a
+        message is dropped unsent if ``wanted`` says False when its turn (or a resend) comes."""
         data = payload.encode() if isinstance(payload, str) else payload
         qos = self.cfg.qos if qos is None else qos
         if on_done is None:
             self._transient.append((topic, data, qos, None))
             self._wake.set()
         else:
-            self._acked.append((topic, data, max(qos, 1), on_done))
+            self._acked.append((topic, data, max(qos, 1), on_done, wanted))
             self._acked_wake.set()
 
     def republish(self, predicate: Callable[[str], bool]) -> None:
@@ -258,11 +262,18 @@ class MqttLink:
 
     async def _acked_sender(self, client: aiomqtt.Client) -> None:
         """Send acknowledged messages strictly one after the other; ``on_done`` after each PUBACK."""
+        barrier = self.acked_barrier
         while True:
             while not self._acked:
                 self._acked_wake.clear()
                 await self._acked_wake.wait()
-            topic, payload, qos, on_done = self._acked[0]
+            if barrier is not None:  # once per connection, before anything is (re)sent
+                await barrier()
+                barrier = None
+            topic, payload, qos, on_done, wanted = self._acked[0]
+            if wanted is not None and not wanted():
+                self._acked.popleft()
+                continue
             await client.publish(topic, payload, qos=qos, retain=False)
             self._acked.popleft()
             self.stats["published"] += 1

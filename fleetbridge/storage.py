@@ -115,6 +115,15 @@ class Store:
     def outbox(self) -> list[tuple[int, str, bytes, int]]:
         return list(self.db.execute("SELECT id, topic, payload, qos FROM outbox ORDER BY id"))
 
+    def outbox_seen(self, topic: str, payload: bytes) -> list[int]:
+        """Drop the stored copies of a message the broker is known to have; their ids."""
+        with self.db:
+            self.db.execute("BEGIN")
+            ids = [r[0] for r in self.db.execute("SELECT id FROM outbox WHERE topic=? AND payload=?",
+                                                 (topic, payload))]
+            self.db.executemany("DELETE FROM outbox WHERE id=?", [(i,) for i in ids])
+        return ids
+
     def outbox_done(self, outbox_id: int) -> None:
         self.db.execute("DELETE FROM outbox WHERE id=?", (outbox_id,))
 

@@ -735,8 +735,11 @@ class Simulator:
 
     def raise_alarm(self, imei: str, type_code: int, fenceid: int = 0, at: float | None = None) -> None:
         """Store an alarm of ``type_code`` for a device at its current position, at the current world
-        time or at system time ``at`` (not later than the world time)."""
-        self._store_alarm(self.devices[imei], type_code, fenceid, at)
+        time or at system time ``at`` (not later than the world time). The device sent it: its
+        ``hearttime`` (last data of any kind) is at least the alarm's time."""
+        d = self.devices[imei]
+        self._store_alarm(d, type_code, fenceid, at)
+        d.hearttime = max(d.hearttime, int(self.t if at is None else min(at, self.t)))
 
     def _store_alarm(self, d: SimDevice, kind: int, fenceid: int = 0, at: float | None = None) -> None:
         if d.alarms is None:
