@@ -8,7 +8,6 @@ never the API key (nor the Basic credentials built from it).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -20,7 +19,14 @@ from urllib.parse import quote
 
 import aiohttp
 
-from fleetbridge.errors import AuthFailed, BadResponse, RateLimited, Unreachable, VendorError
+from fleetbridge.codec import loads_exact
+from fleetbridge.errors import (
+    AuthFailed,
+    BadResponse,
+    RateLimited,
+    Unreachable,
+    VendorError,
+)
 
 from .normalize import as_int, as_text, records, status_map, unwrap_list, unwrap_object
 
@@ -328,7 +334,7 @@ def _decode(raw: bytes) -> Any:
     if not text:
         return None
     try:
-        return json.loads(text)
+        return loads_exact(text)  # the stdlib value: a bare numeric ICCID stays exact
     except (ValueError, RecursionError):
         return _INVALID
 

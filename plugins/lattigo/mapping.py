@@ -61,7 +61,11 @@ def sim_state(value: Any) -> str | None:
 
 
 def plan_name(record: Mapping[str, Any]) -> str | None:
-    return next((name for name in (as_text(record.get(f)) for f in PLAN_FIELDS) if name), None)
+    for field in PLAN_FIELDS:
+        name = as_text(record.get(field))
+        if name:
+            return name
+    return None
 
 
 def location(record: Mapping[str, Any]) -> tuple[float, float] | None:
@@ -72,34 +76,65 @@ def location(record: Mapping[str, Any]) -> tuple[float, float] | None:
     return lat, lon
 
 
+#: Attribute field -> its converter (times to ISO 8601, the rest stripped text).
+ATTRIBUTE_CONVERTERS: tuple[tuple[str, Callable[[Any], Any]], ...] = tuple(
+    (field, parse_time if field in TIME_ATTRIBUTES else as_text) for field in ATTRIBUTE_FIELDS)
+
+
 def attributes(record: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for field in ATTRIBUTE_FIELDS:
-        value = parse_time(record.get(field)) if field in TIME_ATTRIBUTES else as_text(record.get(field))
-        if value is not None:
-            out[field] = value
+    get = record.get
+    for field, convert in ATTRIBUTE_CONVERTERS:
+        value = get(field)
+        if value is not None:  # both converters give None for None
+            value = convert(value)
+            if value is not None:
+                out[field] = value
     return out
+
+
+#: Identifier key -> the fields that may give it, the first present wins (``device_name`` is in
+#: practice the ICCID).
+IDENTIFIER_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
+    (key, (key, "device_name") if key == "iccid" else (key,)) for key in IDENTIFIERS)
+#: Device object field -> (canonical key, converter), in the state's key order; ``ip_address``,
+#: ``plan`` and ``attributes`` come between these and the identifiers.
+DEVICE_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
+    ("connected", "online", as_bool),
+    ("last_connection_date", "last_seen", parse_time),
+    ("bytes_used", "data_used", as_int),
+    ("sms_used", "sms_used", as_int),
+    ("state", "sim_state", sim_state),
+)
 
 
 def device_state(record: Mapping[str, Any]) -> dict[str, Any]:
     """Canonical state from one device object (absent values left out)."""
-    state: dict[str, Any] = {
-        "online": as_bool(record.get("connected")),
-        "last_seen": parse_time(record.get("last_connection_date")),
-        "data_used": as_int(record.get("bytes_used")),
-        "sms_used": as_int(record.get("sms_used")),
-        "sim_state": sim_state(record.get("state")),
-        "ip_address": as_text(record.get("ip_address")) or as_text(record.get("ipv6")),
-        "plan": plan_name(record),
-        "attributes": attributes(record) or None,
-    }
-    for key in IDENTIFIERS:
-        state[key] = as_text(record.get(key))
-    state["iccid"] = state["iccid"] or device_name(record)
+    state: dict[str, Any] = {}
+    get = record.get
+    for field, key, convert in DEVICE_FIELDS:
+        value = get(field)
+        if value is not None and (value := convert(value)) is not None:
+            state[key] = value
+    ip = as_text(get("ip_address")) or as_text(get("ipv6"))
+    if ip is not None:
+        state["ip_address"] = ip
+    plan = plan_name(record)
+    if plan is not None:
+        state["plan"] = plan
+    extra = attributes(record)
+    if extra:
+        state["attributes"] = extra
+    for key, fields in IDENTIFIER_FIELDS:
+        for field in fields:
+            value = get(field)
+            if value is not None and (value := as_text(value)) is not None:
+                state[key] = value
+                break
     position = location(record)
     if position is not None:
         state["latitude"], state["longitude"] = position
-    return {k: v for k, v in state.items() if v is not None}
+    return state
 
 
 def device_info(record: Mapping[str, Any], services: tuple[str, ...], extra_keys: Iterable[str] = ()) -> DeviceInfo | None:

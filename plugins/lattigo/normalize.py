@@ -32,6 +32,9 @@ MIN_YEAR, MAX_YEAR = 1990, 2200
 _ZONE_WORDS = re.compile(r"\s*\b(UTC|GMT|Z)\s*$", re.I)
 _SPACED_OFFSET = re.compile(r"\s+([+-]\d{2}:?\d{2})$")
 _FRACTION = re.compile(r"(\.\d{6})\d+")
+_EXACT = 2**53  # integers up to this survive a float round trip
+TIME_CACHE = 65536  # time texts remembered by parse_time (cleared when full)
+_TIMES: dict[str, str | None] = {}
 
 
 def absent(value: Any) -> bool:
@@ -97,6 +100,8 @@ def as_bool(value: Any) -> bool | None:
 
 def as_float(value: Any) -> float | None:
     """A finite number from a number or a numeric string (``"1,024"`` too); None otherwise."""
+    if type(value) is float:  # the common case, no call
+        return value if value - value == 0.0 else None  # inf - inf and nan - nan are nan
     if isinstance(value, bool) or absent(value):
         return None
     if isinstance(value, str):
@@ -110,12 +115,17 @@ def as_float(value: Any) -> float | None:
 
 def as_int(value: Any) -> int | None:
     """:func:`as_float`, rounded to an integer."""
+    if type(value) is int and -_EXACT <= value <= _EXACT:  # the float round trip would give it back
+        return value
     number = as_float(value)
     return None if number is None else int(round(number))
 
 
 def as_text(value: Any) -> str | None:
     """A stripped string; None for absent values, containers and booleans."""
+    if type(value) is str:  # the common case, one strip
+        text = value.strip()
+        return None if text.lower() in ABSENT_WORDS else text
     if absent(value) or isinstance(value, (dict, list, bool)):
         return None
     text = str(value).strip()
@@ -142,7 +152,17 @@ def parse_datetime(value: Any) -> datetime | None:
 
 
 def parse_time(value: Any) -> str | None:
-    """:func:`parse_datetime` as ``2026-12-02T06:15:00Z``."""
+    """:func:`parse_datetime` as ``2026-12-02T06:15:00Z`` (texts remembered: a poll sees the same ones)."""
+    if type(value) is not str:
+        return _parse_time(value)
+    if value not in _TIMES:
+        if len(_TIMES) >= TIME_CACHE:
+            _TIMES.clear()
+        _TIMES[value] = _parse_time(value)
+    return _TIMES[value]
+
+
+def _parse_time(value: Any) -> str | None:
     moment = parse_datetime(value)
     return None if moment is None else iso(moment)
 

@@ -307,8 +307,10 @@ class LattigoPlatform(Platform):
                 states[name] = device_state(record)
         self._sims.observe({n: s.get("sim_state") for n, s in states.items()}, fetched_at)
         await self._refresh_extras(list(states))
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        day, month = now.strftime("%Y-%m-%d"), now.strftime("%Y-%m")
         for name, state in states.items():
-            state.update(self._extra_state(name, state))
+            state.update(self._extra_state(name, state, day, month))
         return states
 
     async def _refresh_extras(self, names: list[str]) -> None:
@@ -381,14 +383,16 @@ class LattigoPlatform(Platform):
             self._report_devices_dirty = True
         return None
 
-    def _extra_state(self, name: str, state: Mapping[str, Any]) -> dict[str, Any]:
-        extra = {k: v for k, v in self._reports.get(name, {}).items()
-                 if k not in LOCATION_KEYS or "latitude" not in state}
+    def _extra_state(self, name: str, state: Mapping[str, Any], day: str, month: str) -> dict[str, Any]:
+        """Report and usage values of one device; usage counts only for today (``day``) and ``month``."""
+        report = self._reports.get(name)
         usage = self._usage.get(name)
-        now = datetime.fromtimestamp(self.clock(), UTC)
-        if usage is not None and usage.day == now.strftime("%Y-%m-%d"):
+        if report is None and usage is None:
+            return {}
+        extra = {k: v for k, v in (report or {}).items() if k not in LOCATION_KEYS or "latitude" not in state}
+        if usage is not None and usage.day == day:
             extra["data_used_today"] = usage.today
-        if usage is not None and usage.month == now.strftime("%Y-%m") and usage.this_month is not None:
+        if usage is not None and usage.month == month and usage.this_month is not None:
             extra["data_used_month"] = usage.this_month
             allowance = self._allowance(state.get("plan"))
             if allowance:

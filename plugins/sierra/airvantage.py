@@ -9,6 +9,7 @@ go with the host's periodic rediscovery.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Mapping
@@ -85,16 +86,35 @@ def gateway_name(gw: Mapping[str, Any]) -> str:
     return str(gw["uid"])
 
 
+#: Gateway field -> state attribute, as the vendor gives it.
+GATEWAY_ATTRIBUTES = (("type", "type"), ("serialNumber", "serial_number"), ("macAddress", "mac_address"))
+
+
 def gateway_attributes(gw: Mapping[str, Any], note_key: str) -> dict[str, Any]:
     """Labels, identifiers, creation date and metadata (``metadata.<key>``) as state attributes."""
-    meta = metadata_dict(gw.get("metadata"))
-    attrs: dict[str, Any] = {
-        "labels": sorted(str(label) for label in gw.get("labels") or []),
-        "type": gw.get("type"), "serial_number": gw.get("serialNumber"), "mac_address": gw.get("macAddress"),
-        "created": ms_to_iso(gw.get("creationDate")), "note": meta.get(note_key),
-    }
-    attrs.update({f"metadata.{k}": v for k, v in meta.items() if k != note_key})
-    return {k: v for k, v in attrs.items() if v not in (None, "")}
+    get = gw.get
+    meta = metadata_dict(get("metadata"))
+    attrs: dict[str, Any] = {"labels": sorted(map(str, get("labels") or []))}
+    for field, name in GATEWAY_ATTRIBUTES:
+        value = get(field)
+        if value is not None and value != "":
+            attrs[name] = value
+    created = get("creationDate")
+    created = _created(created) if type(created) in (int, str) else ms_to_iso(created)
+    if created is not None:
+        attrs["created"] = created
+    if meta.get(note_key):
+        attrs["note"] = meta[note_key]
+    for key, value in meta.items():
+        if key != note_key and value != "":
+            attrs[f"metadata.{key}"] = value
+    return attrs
+
+
+@functools.lru_cache(maxsize=65536)
+def _created(value: int | str) -> str | None:
+    """:func:`ms_to_iso`, remembered: a gateway's creation date comes back every poll."""
+    return ms_to_iso(value)
 
 
 def gateway_state(gw: Mapping[str, Any], note_key: str) -> dict[str, Any]:

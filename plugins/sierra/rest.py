@@ -8,13 +8,13 @@ only in the ``Authorization`` header and never appear in a message.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from fleetbridge.codec import loads_exact
 from fleetbridge.errors import (
     AuthFailed,
     BadResponse,
@@ -64,7 +64,7 @@ def decode_json(body: bytes, where: str, status: int) -> Any:
     if not body.strip():
         return None
     try:
-        return json.loads(body)
+        return loads_exact(body)  # the stdlib value: a bare numeric id stays exact
     except ValueError:
         kind = "an HTML page" if body.lstrip()[:1] == b"<" else "malformed JSON"
         raise BadResponse(f"{where}: HTTP {status}, {kind}: {snippet(body)!r}") from None

@@ -9,7 +9,6 @@ when they point at the configured host: the token is never sent anywhere else.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import uuid
@@ -21,7 +20,14 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from fleetbridge.errors import BadResponse, RateLimited, TokenInvalid, Unreachable, VendorError
+from fleetbridge.codec import loads_exact
+from fleetbridge.errors import (
+    BadResponse,
+    RateLimited,
+    TokenInvalid,
+    Unreachable,
+    VendorError,
+)
 
 from .auth import TokenManager
 
@@ -428,7 +434,7 @@ def _decode(raw: bytes) -> Any:
     if not text:
         return None
     try:
-        return json.loads(text)
+        return loads_exact(text)  # the stdlib value: a bare numeric SIM id stays exact
     except (ValueError, RecursionError):
         return _INVALID
 
@@ -462,4 +468,9 @@ def _number(value: Any) -> float | None:
 
 def digits(value: Any) -> str:
     """Only the digits of a phone number or SIM id (``"(203) 555-0100"`` -> ``"2035550100"``)."""
-    return re.sub(r"\D", "", str(value or ""))
+    if type(value) is str and value.isascii() and value.isdigit():  # the common case: digits already
+        return value
+    return _NON_DIGITS.sub("", str(value or ""))
+
+
+_NON_DIGITS = re.compile(r"\D")

@@ -32,7 +32,7 @@ EMPLOYEE_KEYS = ("employee", "accountHolder", "assignedTo", "user")
 def dig(record: Any, *path: str) -> Any:
     """``record[path[0]][path[1]]...`` or None."""
     for key in path:
-        if not isinstance(record, Mapping):
+        if type(record) is not dict and not isinstance(record, Mapping):
             return None
         record = record.get(key)
     return record
@@ -40,6 +40,8 @@ def dig(record: Any, *path: str) -> Any:
 
 def text(value: Any) -> str | None:
     """A non-empty string of ``value`` (a name or id object gives its name, else its id)."""
+    if type(value) is str:  # the common case
+        return value.strip() or None
     if isinstance(value, Mapping):
         value = value.get("name") or value.get("label") or value.get("id")
     if value is None or isinstance(value, (dict, list)):
@@ -166,32 +168,49 @@ def device_info(handset: Handset, services: tuple[str, ...]) -> DeviceInfo:
     )
 
 
+#: Employee field -> state attribute (a department object gives its name).
+EMPLOYEE_ATTRIBUTES = (("id", "employee_id"), ("companyEmployeeId", "company_employee_id"),
+                       ("department", "department"))
+#: Line key -> the line fields that may give it, the first with a text wins.
+LINE_TEXTS = (("carrier", ("vendor", "carrier")), ("plan", ("plan", "ratePlan")))
+
+
 def handset_state(handset: Handset) -> dict[str, Any]:
     """Canonical state of a handset (only what the vendor gave)."""
-    device, line, employee = handset.device, handset.line, handset.employee
-    state: dict[str, Any] = {
-        "lifecycle_state": _lower(device.get("status")),
-        "imei": imei_of(device),
-        "assigned_to": person(employee),
-        "attributes": {k: v for k, v in {
-            "employee_id": text(dig(employee, "id")),
-            "company_employee_id": text(dig(employee, "companyEmployeeId")),
-            "department": text(dig(employee, "department")),
-            "service_id": handset.service_id,
-            "carrier_id": text(dig(line, "vendor", "id")) if line else None,
-        }.items() if v},
-    }
+    device, line = handset.device, handset.line
+    employee = employee_of(device) or (employee_of(line) if line else None)
+    state: dict[str, Any] = {}
+    _put(state, "lifecycle_state", _lower(device.get("status")))
+    _put(state, "imei", imei_of(device))
+    _put(state, "assigned_to", person(employee))
+    attributes: dict[str, Any] = {}
+    if employee:
+        for field, name in EMPLOYEE_ATTRIBUTES:
+            _put(attributes, name, text(employee.get(field)))
+    if line:
+        _put(attributes, "service_id", text(line.get("id")))
+        _put(attributes, "carrier_id", text(dig(line, "vendor", "id")))
+    if attributes:
+        state["attributes"] = attributes
     if line:
         status = str(line.get("status") or "").upper()
-        state.update({
-            "msisdn": handset.number,
-            "carrier": text(line.get("vendor")) or text(line.get("carrier")),
-            "plan": text(line.get("plan")) or text(line.get("ratePlan")),
-            "line_status": _lower(status),
-            "sim_state": SIM_STATES.get(status, _lower(status)),
-            "iccid": digits(line.get("simId") or line.get("iccid")) or None,
-        })
-    return {k: v for k, v in state.items() if v not in (None, "", {})}
+        _put(state, "msisdn", digits(line.get("serviceNumber")) or None)
+        for key, fields in LINE_TEXTS:
+            for field in fields:
+                value = text(line.get(field))
+                if value is not None:
+                    state[key] = value
+                    break
+        line_status = _lower(status)
+        _put(state, "line_status", line_status)
+        _put(state, "sim_state", SIM_STATES.get(status, line_status))
+        _put(state, "iccid", digits(line.get("simId") or line.get("iccid")) or None)
+    return state
+
+
+def _put(into: dict[str, Any], key: str, value: Any) -> None:
+    if value is not None:
+        into[key] = value
 
 
 def _lower(value: Any) -> str | None:
