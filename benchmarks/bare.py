@@ -3,8 +3,11 @@
 Same libraries, QoS, retain flag, in-flight window and publish mechanism as the bridge's sender
 (``fleetbridge/mqtt.py``: an aiomqtt connection, paho's non-blocking ``publish()`` with the window
 counted down in ``on_publish``), and the payloads the bridge published in the same run. ``"mode":
-"awaited"`` instead awaits aiomqtt's ``publish()`` in one task per message (the bridge's sender before
-it was rewritten), for comparison. Started by ``run.py``::
+"direct"`` (the default, the issue's reference "bare client, same library") is paho's plain socket
+I/O; ``"mode": "wire"`` is the same with the bridge's ``fleetbridge.mqtt._Wire`` attached (coalesced
+sends, buffered reads, PUBACKs without throw-away objects: what the bridge's sender does since);
+``"mode": "awaited"`` awaits aiomqtt's ``publish()`` in one task per message (the bridge's sender
+before it was rewritten), for comparison. Started by ``run.py``::
 
     python benchmarks/bare.py '{"host": "127.0.0.1", "port": 1883, "payloads": "file.json",
                                 "count": 50000, "window": 32, "qos": 1, "retain": true}'
@@ -53,6 +56,21 @@ async def direct(client: aiomqtt.Client, items: list[tuple[str, bytes]], count: 
         await free.wait()
 
 
+async def wire(client: aiomqtt.Client, items: list[tuple[str, bytes]], count: int, window_size: int,
+               qos: int, retain: bool) -> None:
+    """``direct`` with the bridge's socket I/O (``fleetbridge.mqtt._Wire``) on the paho client."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+    from fleetbridge.mqtt import _Wire  # only this mode needs the package
+
+    attached = _Wire.attach(client._client)
+    if attached is None:
+        raise RuntimeError("fleetbridge.mqtt._Wire does not fit this paho-mqtt")
+    try:
+        await direct(client, items, count, window_size, qos, retain)
+    finally:
+        attached.detach()
+
+
 async def awaited(client: aiomqtt.Client, items: list[tuple[str, bytes]], count: int, window_size: int,
                   qos: int, retain: bool) -> None:
     """aiomqtt's awaited publish(), one task per message, a semaphore for the window."""
@@ -80,7 +98,7 @@ async def main(spec: dict) -> dict:
         items = [(topic, payload.encode()) for topic, payload in json.load(fh)]
     count, window_size = int(spec["count"]), int(spec.get("window", 32))
     qos, retain = int(spec.get("qos", 1)), bool(spec.get("retain", True))
-    publisher = awaited if spec.get("mode") == "awaited" else direct
+    publisher = {"awaited": awaited, "wire": wire}.get(spec.get("mode", "direct"), direct)
     client = aiomqtt.Client(spec["host"], int(spec["port"]), identifier=f"bench-bare-{os.getpid()}",
                             max_inflight_messages=window_size, timeout=30)
     client.pending_calls_threshold = window_size * 4

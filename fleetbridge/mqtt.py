@@ -16,6 +16,7 @@ import ssl
 import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiomqtt
 
@@ -48,6 +49,148 @@ def _ack_now(sock: socket.socket | None) -> None:
 
 
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+WIRE_SEND_MAX = 16384  # bytes one coalesced send() may carry (a window of states: ~10 KB)
+WIRE_RECV = 16384  # bytes one buffered recv() asks for
+_DISCONNECT = 0xE0  # MQTT packet type
+
+
+class _Wire:
+    """Cheaper socket I/O for one paho client (issue #9): the same bytes in fewer system calls.
+
+    Under aiomqtt paho writes every queued packet with its own ``send()`` and reads every PUBACK
+    with three ``recv()`` calls (type, length, packet id: 1 + 1 + 2 bytes), and builds a
+    ReasonCode and a Properties object for each PUBACK even on MQTT 3.1.1. About 4 system calls and
+    two throw-away objects per QoS 1 message (benchmarks/bare.py, ``"mode": "wire"``). Three
+    overrides on the paho *instance*, each transparent to the rest of paho, which stays the owner of
+    the connection, the packet queue, PUBACK matching, keepalive and TLS:
+
+    - ``_sock_send``: the first packet's send carries the bytes of the packets queued behind it too
+      (up to ``WIRE_SEND_MAX``); what went out beyond the first packet is kept as *credit*, and
+      paho's own loop then "sends" those packets from the credit without a system call, completing
+      them (QoS 0 ``on_publish``, DISCONNECT) exactly as before. A short send leaves no credit: paho
+      re-queues the rest of the first packet as usual. A retry after EAGAIN or SSLWantWriteError
+      starts with the same bytes and is never shorter (the queue only grows at its tail), which is
+      what OpenSSL requires of a repeated write.
+    - ``_sock_recv`` + ``loop_read``: one ``recv(WIRE_RECV)`` feeds paho's small reads from a
+      buffer; ``loop_read`` goes on while the buffer holds bytes, so nothing waits there for a
+      socket readiness that will not come.
+    - ``_handle_pubackcomp``: an MQTT 3.1.1 PUBACK (2 bytes: the packet id) goes straight to paho's
+      ``_do_on_publish`` with one shared success ReasonCode/Properties pair; anything else (MQTT 5,
+      PUBCOMP) takes paho's own path.
+
+    Credit and buffer belong to one socket: after a reconnect (a new socket) both are dropped.
+    ``attach`` returns None, and the plain path is used, when a paho internal it relies on is
+    missing (a paho release that renamed it)."""
+
+    NEEDS = ("_sock", "_sock_send", "_sock_recv", "_out_packet", "_in_packet", "_protocol",
+             "_out_messages", "_out_message_mutex", "_do_on_publish", "_handle_pubackcomp", "_easy_log",
+             "loop_read")
+
+    def __init__(self, paho: Any) -> None:
+        from paho.mqtt.client import MQTT_LOG_DEBUG, MQTTv5
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+        from paho.mqtt.reasoncodes import ReasonCode
+
+        self.paho = paho
+        self.puback = (ReasonCode(PacketTypes.PUBACK), Properties(PacketTypes.PUBACK))
+        self.v5, self.debug = MQTTv5, MQTT_LOG_DEBUG
+        self.plain_send = paho._sock_send  # bound methods of the class: paho's exception mapping
+        self.plain_recv = paho._sock_recv
+        self.plain_loop_read = paho.loop_read
+        self.plain_puback = paho._handle_pubackcomp
+        self.wsock: object = None  # the socket the credit belongs to
+        self.credit = 0  # bytes of the packets queued next that a coalesced send already wrote
+        self.rsock: object = None  # the socket the read buffer belongs to
+        self.rbuf = b""
+        self.rpos = 0
+
+    @classmethod
+    def attach(cls, paho: Any) -> _Wire | None:
+        missing = [name for name in cls.NEEDS if not hasattr(paho, name)]
+        if missing or not isinstance(getattr(paho, "_out_packet", None), deque) or any(
+                name in vars(paho) for name in ("_sock_send", "_sock_recv", "loop_read")):
+            _LOGGER.debug("paho internals %s not as expected: plain socket I/O", missing or "overridden")
+            return None
+        if getattr(paho, "_transport", "tcp") == "websockets":  # its wrapper frames each send()
+            return None
+        try:
+            wire = cls(paho)
+        except (ImportError, AttributeError, TypeError, ValueError) as err:  # paho moved a piece
+            _LOGGER.debug("paho internals changed (%s): plain socket I/O", err)
+            return None
+        paho._sock_send = wire.send
+        paho._sock_recv = wire.recv
+        paho.loop_read = wire.loop_read
+        paho._handle_pubackcomp = wire.handle_pubackcomp
+        return wire
+
+    def detach(self) -> None:
+        """Back to paho's own methods, unless bytes are owed (credit or buffer): then the overrides
+        stay with this client, which is discarded after its session anyway."""
+        sock = self.paho._sock
+        if (self.credit and self.wsock is sock) or (self.rpos < len(self.rbuf) and self.rsock is sock):
+            return
+        for name in ("_sock_send", "_sock_recv", "loop_read", "_handle_pubackcomp"):
+            vars(self.paho).pop(name, None)
+
+    def send(self, buf: bytes | bytearray) -> int:
+        sock = self.paho._sock
+        if self.credit:
+            if sock is self.wsock:
+                n = min(self.credit, len(buf))
+                self.credit -= n
+                return n
+            self.credit = 0  # a new connection: the old one's credit means nothing
+        data: bytes | bytearray = buf
+        queued = self.paho._out_packet
+        if queued and buf and buf[0] & 0xF0 != _DISCONNECT:
+            parts, size = [buf], len(buf)
+            for pkt in queued:  # paho's _OutPacket dicts, in the order paho will pop them
+                if size >= WIRE_SEND_MAX:
+                    break
+                part = pkt["packet"][pkt["pos"]:] if pkt["pos"] else pkt["packet"]
+                parts.append(part)
+                size += len(part)
+                if pkt["command"] & 0xF0 == _DISCONNECT:  # nothing after a DISCONNECT
+                    break
+            if len(parts) > 1:
+                data = b"".join(parts)
+        sent = self.plain_send(data)  # raises BlockingIOError (EAGAIN, SSL want) like paho's own
+        first = min(sent, len(buf))
+        self.credit, self.wsock = sent - first, sock
+        return first
+
+    def recv(self, bufsize: int) -> bytes:
+        if self.rpos < len(self.rbuf):
+            if self.rsock is self.paho._sock:
+                start, self.rpos = self.rpos, min(self.rpos + bufsize, len(self.rbuf))
+                return self.rbuf[start:self.rpos]
+            self.rbuf, self.rpos = b"", 0  # a new connection
+        data = self.plain_recv(max(bufsize, WIRE_RECV))
+        if len(data) <= bufsize:
+            return data
+        self.rbuf, self.rpos, self.rsock = data, bufsize, self.paho._sock
+        return data[:bufsize]
+
+    def loop_read(self, max_packets: int = 1) -> Any:
+        rc = self.plain_loop_read(max_packets)
+        while rc == 0 and self.rpos < len(self.rbuf) and self.rsock is self.paho._sock:
+            rc = self.plain_loop_read(max_packets)  # each round consumes buffered bytes
+        return rc
+
+    def handle_pubackcomp(self, cmd: str) -> Any:
+        paho = self.paho
+        packet = paho._in_packet["packet"]
+        if cmd != "PUBACK" or len(packet) != 2 or paho._protocol == self.v5:
+            return self.plain_puback(cmd)
+        mid = packet[0] << 8 | packet[1]
+        paho._easy_log(self.debug, "Received PUBACK (Mid: %d)", mid)  # as paho logs it
+        with paho._out_message_mutex:
+            if mid in paho._out_messages:
+                return paho._do_on_publish(mid, *self.puback)
+        return 0  # MQTT_ERR_SUCCESS: an id paho no longer waits for, as paho ignores it
 
 
 class _Packed(bytes):
@@ -299,6 +442,7 @@ class MqttLink:
                 _ack_now(paho_client.socket())
 
         paho.on_publish = on_publish
+        wire = _Wire.attach(paho)  # fewer system calls per message; None: paho's plain path
         try:
             while True:
                 while not (self._dirty_discovery or self._dirty or self._transient):
@@ -323,6 +467,8 @@ class MqttLink:
                     self._room.set()
         finally:
             paho.on_publish = chained
+            if wire is not None:
+                wire.detach()
             for entry in inflight.values():  # unacknowledged: send again on the next connection
                 self._requeue(entry)
 
