@@ -22,6 +22,7 @@ from .account import Account, Device, _iso
 from .config import Config
 from .errors import Rejected
 from .ledger import EventLedger
+from .mqtt import WINDOW
 from .platform import SLUG_RE, Event, slugify
 from .plugins import PluginRegistry
 from .services import CONTROL_BY_KEY, SERVICE_BY_NAME, decode_payload, parse_payload
@@ -79,6 +80,8 @@ class Bridge:
             self.ledger = EventLedger(self.mqtt_cfg, events=self.topics.device("+", "+", "event"),
                                       marker=self.topics.bridge("ledger"), on_seen=self._event_seen)
             self.mqtt.acked_barrier = self.ledger.sync
+            self.mqtt.acked_window = WINDOW  # what the broker took is known after a crash: no need to
+            #                                  send events one at a time
 
     # -- life cycle ---------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:

@@ -14,8 +14,9 @@ import random
 import socket
 import ssl
 import zlib
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
+from itertools import count
 from typing import Any
 
 import aiomqtt
@@ -248,15 +249,20 @@ class MqttLink:
         self.discovery_filters = discovery_filters or []
         self.owns_discovery = owns_discovery
         self.retained: dict[str, bytes] = {}  # topic -> desired payload (large ones packed)
-        self._dirty_discovery: dict[str, None] = {}  # sent first: entities exist before their messages
-        self._dirty: dict[str, None] = {}
+        # topics to send, in order, each once: OrderedDict, whose popitem(last=False) is O(1) (taking a
+        # plain dict's first key skips every slot deleted before it: 5-12 us a message at 10-40k)
+        self._dirty_discovery: OrderedDict[str, None] = OrderedDict()  # first: entities before messages
+        self._dirty: OrderedDict[str, None] = OrderedDict()
         self._transient: deque[tuple[str, bytes, int, Done]] = deque()
-        # acknowledged messages (stored events) go one at a time: a crash can then repeat at most
-        # the one message in flight, never a whole window
+        # acknowledged messages (stored events): one at a time, so that a crash can repeat at most the
+        # one in flight; a window of them when an event ledger tells after a crash which ones the
+        # broker took (``acked_barrier``, ``acked_window``)
         self._acked: deque[tuple[str, bytes, int, Callable[[], None], Wanted]] = deque()
         self._acked_wake = asyncio.Event()
         # awaited on every connection before its first acknowledged message (the event ledger's sync)
         self.acked_barrier: Callable[[], Awaitable[object]] | None = None
+        self.acked_window = 1
+        self._acked_out: dict[int, tuple[str, bytes, int, Callable[[], None], Wanted]] = {}  # in flight
         self._wake = asyncio.Event()
         self._room = asyncio.Event()  # set when the backlog falls to LOW_WATER
         self._client: aiomqtt.Client | None = None
@@ -404,23 +410,47 @@ class MqttLink:
                      len(seen), changed, stale)
 
     async def _acked_sender(self, client: aiomqtt.Client) -> None:
-        """Send acknowledged messages strictly one after the other; ``on_done`` after each PUBACK."""
+        """Send acknowledged messages in order, at most ``acked_window`` unacknowledged; ``on_done``
+        after each PUBACK. Those unacknowledged when the connection ends go first on the next one."""
         barrier = self.acked_barrier
-        while True:
-            while not self._acked:
-                self._acked_wake.clear()
-                await self._acked_wake.wait()
-            if barrier is not None:  # once per connection, before anything is (re)sent
-                await barrier()
-                barrier = None
-            topic, payload, qos, on_done, wanted = self._acked[0]
-            if wanted is not None and not wanted():
-                self._acked.popleft()
-                continue
-            await client.publish(topic, payload, qos=qos, retain=False)
-            self._acked.popleft()
+        inflight = self._acked_out = {}  # by send order
+        free = asyncio.Event()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def send(seq: int) -> None:
+            topic, payload, qos, on_done, _ = inflight[seq]
+            try:
+                await client.publish(topic, payload, qos=qos, retain=False)
+            except aiomqtt.MqttError:  # the session ends; the message stays for the next one
+                return
+            del inflight[seq]
             self.stats["published"] += 1
             on_done()
+            free.set()
+
+        try:
+            for seq in count():
+                while not self._acked:
+                    self._acked_wake.clear()
+                    await self._acked_wake.wait()
+                if barrier is not None:  # once per connection, before anything is (re)sent
+                    await barrier()
+                    barrier = None
+                while len(inflight) >= self.acked_window:
+                    free.clear()
+                    await free.wait()
+                entry = self._acked.popleft()
+                if entry[4] is not None and not entry[4]():
+                    continue
+                inflight[seq] = entry
+                task = asyncio.create_task(send(seq))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        finally:
+            for task in tasks:
+                task.cancel()
+            self._acked.extendleft(inflight[seq] for seq in sorted(inflight, reverse=True))
+            inflight.clear()
 
     async def _sender(self, client: aiomqtt.Client) -> None:
         """Keep up to ``WINDOW`` publishes in flight, discovery first, then transient messages, then
@@ -475,8 +505,7 @@ class MqttLink:
     def _next(self) -> tuple[str, bytes, int, bool, Done] | None:
         dirty = self._dirty_discovery or (None if self._transient else self._dirty)
         if dirty:
-            topic = next(iter(dirty))
-            del dirty[topic]
+            topic = dirty.popitem(last=False)[0]
             return topic, _unpack(self.retained.get(topic, b"")), self.cfg.qos, True, None
         if self._transient:
             topic, payload, qos, on_done = self._transient.popleft()
@@ -518,7 +547,8 @@ class MqttLink:
     @property
     def pending(self) -> int:
         """Messages waiting to be sent."""
-        return len(self._dirty_discovery) + len(self._dirty) + len(self._transient) + len(self._acked)
+        return (len(self._dirty_discovery) + len(self._dirty) + len(self._transient) + len(self._acked)
+                + len(self._acked_out))
 
     async def flush(self, timeout: float = 5.0, *, discovery_only: bool = False) -> bool:
         """Wait until nothing (or no discovery) is left to send, or ``timeout``. True when drained."""
