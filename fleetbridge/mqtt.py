@@ -39,9 +39,10 @@ Wanted = Callable[[], bool] | None  # asked just before an acknowledged message 
 
 
 def _ack_now(sock: socket.socket | None) -> None:
-    """Acknowledge what the broker sent at once (Linux TCP_QUICKACK). When the bridge goes quiet
-    after a PUBACK, its kernel would delay that TCP ACK up to 40 ms, and a broker without
-    ``set_tcp_nodelay`` holds its next small packet (a command) until the ACK comes (Nagle)."""
+    """Acknowledge what the broker sent at once (Linux TCP_QUICKACK; the kernel drops the mode by
+    itself, so it is set again after each read). Otherwise the kernel may delay the TCP ACK of a
+    PUBACK up to 40 ms, and a broker without ``set_tcp_nodelay`` holds its next small packet (a
+    command) until that ACK comes (Nagle): the 40-60 ms outliers of the command latency."""
     if sock is not None and _QUICKACK is not None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
@@ -170,6 +171,7 @@ class _Wire:
                 return self.rbuf[start:self.rpos]
             self.rbuf, self.rpos = b"", 0  # a new connection
         data = self.plain_recv(max(bufsize, WIRE_RECV))
+        _ack_now(self.paho._sock)  # every read acknowledged at once: see _ack_now
         if len(data) <= bufsize:
             return data
         self.rbuf, self.rpos, self.rsock = data, bufsize, self.paho._sock
