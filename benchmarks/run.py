@@ -234,12 +234,16 @@ def mosquitto_binary() -> str:
     return binary
 
 
+BROKER_OPTIONS: list[str] = []  # extra mosquitto.conf lines (--broker-option)
+
+
 async def start_broker(procs: Procs, tmp: Path, name: str, max_queued: int | None) -> int:
     port = free_port()
     conf = tmp / f"{name}.conf"
     lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", "persistence false"]
     if max_queued is not None:
         lines.append(f"max_queued_messages {max_queued}")
+    lines += BROKER_OPTIONS if max_queued == 0 else []  # --broker-option: not the default-settings demo
     conf.write_text("\n".join(lines) + "\n")
     proc = procs.add(name, subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdin=subprocess.DEVNULL,
                                             stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.log", "w")))
@@ -1415,6 +1419,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency-cycles", type=int, default=5)
     p.add_argument("--latency-timeout", type=float, default=90)
     p.add_argument("--probes-per-cycle", type=int, default=40)
+    p.add_argument("--broker-option", action="append", default=[], metavar="LINE",
+                   help="an extra mosquitto.conf line for the measured broker, e.g. 'set_tcp_nodelay true'")
     p.add_argument("--commands", type=int, default=200,
                    help="reboot presses for the command latency (0: skip); p99 of 200 is the second largest")
     p.add_argument("--command-gap", type=float, default=0.05)
@@ -1455,6 +1461,7 @@ def report(files: list[str], out: str | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    BROKER_OPTIONS[:] = args.broker_option
     if args.report:
         return report(args.report, args.json)
     doc: dict[str, Any] = {"commit": commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
