@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -179,3 +180,36 @@ async def test_steady_state_is_quiet_except_heartbeats(tmp_path: Path, broker: A
     await asyncio.sleep(3.5)  # three poll cycles
     extra = len(rec.on(topic)) - before
     assert extra == 0 if heartbeat == 0 else extra >= 2, extra
+
+
+async def test_alarms_raised_while_the_broker_is_down_arrive_once_each(
+        tmp_path: Path, own_broker: Any, sims: Any, unique: str, bridge_runner: Any, recorder_factory: Any) -> None:
+    """Events wait in the outbox through a broker outage, then go out (32 in flight, the event
+    ledger's marker first): every one arrives, none twice."""
+    sim = await sims()
+    await bridge_runner(write(tmp_path, own_broker.port, unique, [account("Vans", sim, event_interval=1)]))
+    imei = answering(sim)
+    topic = f"rt{unique}/vans/{imei}/event"
+    rec = await recorder_factory(own_broker.port, [f"rt{unique}/#"])
+    await rec.wait_for(lambda: f"rt{unique}/vans/{imei}/state" in rec.latest, what="first state")
+    await rec.stop()
+
+    own_broker.stop()
+    for n in range(120):  # two pages of the alarm list
+        sim.raise_alarm(imei, (1, 4, 33)[n % 3], at=sim.t - 400 + 3 * n)
+    with sqlite3.connect(tmp_path / "fb.db") as db:  # fetched and stored while the broker is away
+        for _ in range(50):
+            if db.execute("SELECT count(*) FROM outbox WHERE topic=?", (topic,)).fetchone()[0] >= 120:
+                break
+            await asyncio.sleep(0.2)
+        assert db.execute("SELECT count(*) FROM outbox WHERE topic=?", (topic,)).fetchone()[0] >= 120
+    own_broker.start()
+
+    rec = await recorder_factory(own_broker.port, [f"rt{unique}/+/+/event"])
+
+    def raised() -> list[str]:
+        return [e["id"] for e in rec.on(topic) if e["event_type"] in ("sos", "vibration", "jamming")]
+
+    await rec.wait_for(lambda: len(set(raised())) >= 120, timeout=90, what="all 120 alarms")
+    await asyncio.sleep(2.0)
+    assert len(raised()) == len(set(raised())) == 120
