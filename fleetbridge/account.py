@@ -33,6 +33,7 @@ AUTH_RETRY = 3600.0  # refused credentials: wait an hour (or a config change / r
 BACKOFF_MAX = 300.0
 CALL_TIMEOUT = 600.0
 STATE_SAVE_EVERY = 30.0  # seconds between writes of changed states to the store
+STATE_SAVE_CHUNK = 2000  # rows per transaction (40,000 at once held the event loop for 200 ms)
 
 
 @dataclass(slots=True)
@@ -372,7 +373,8 @@ class Account:
             async for states in self.platform.async_poll_batches(devices):
                 await self._apply(states)
                 await self.bridge.mqtt.wait_for_room(deadline)
-        self.save_states()
+        if time.monotonic() - self._saved_at >= STATE_SAVE_EVERY:
+            await self._save_states_in_chunks()
         self.polls += 1
         self.last_poll = time.time()
         self.bridge.info_changed(soon=True)
@@ -398,6 +400,22 @@ class Account:
                                                     for slug, (payload, at) in self._unsaved.items()])
             self._unsaved.clear()
             self._saved_at = time.monotonic()
+
+    async def _save_states_in_chunks(self) -> None:
+        """``save_states`` from a sweep: ``STATE_SAVE_CHUNK`` rows per transaction, the event loop
+        served in between. Rows not written when cancelled stay unsaved (``close`` writes them)."""
+        rows, self._unsaved = list(self._unsaved.items()), {}
+        self._saved_at = time.monotonic()
+        done = 0
+        try:
+            while done < len(rows):
+                chunk = rows[done:done + STATE_SAVE_CHUNK]
+                self.bridge.store.save_states(self.id, [(slug, payload.decode(), at) for slug, (payload, at) in chunk])
+                done += len(chunk)
+                await asyncio.sleep(0)
+        finally:
+            for slug, saved in rows[done:]:
+                self._unsaved.setdefault(slug, saved)  # a newer state, if any, wins
 
     # -- events -------------------------------------------------------------------------------
     async def _event_loop(self) -> None:

@@ -184,3 +184,42 @@ def test_request_counts_stay_small_without_an_hourly_cap() -> None:
     assert len(counts._buckets) <= 61
     assert abs(counts.total(now) - 100_000) <= 2000  # the oldest minute ages out in one piece
     assert counts.total(now + HOUR + 60) == 0
+
+
+async def test_a_sweep_saves_states_in_chunks_and_keeps_what_a_cancel_left(tmp_path: Path, unique: str) -> None:
+    """A large save serves the event loop between transactions; rows not written when the save is
+    cancelled stay unsaved (and ``close`` writes them), newer states winning."""
+    from fleetbridge.account import STATE_SAVE_CHUNK
+
+    bridge = _bridge(tmp_path, 1, unique)  # never connected: only the store is used
+    account = bridge.accounts["gate"]
+    n = STATE_SAVE_CHUNK * 2 + 7
+    bridge.store.save_devices("gate", {f"d{i}": {"id": f"d{i}"} for i in range(n)})
+    account._unsaved = {f"d{i}": (b'{"speed":%d}' % i, 1.0) for i in range(n)}
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    await account._save_states_in_chunks()
+    task.cancel()
+    stored = {row["device"]: row["state"] for row in bridge.store.load_devices("gate")}
+    assert all(stored[f"d{i}"] == {"speed": i} for i in range(n)) and not account._unsaved
+    assert ticks >= 3  # the loop ran between the three transactions
+
+    account._unsaved = {f"d{i}": (b'{"speed":%d}' % (i + 1), 2.0) for i in range(n)}
+    save = asyncio.create_task(account._save_states_in_chunks())
+    await asyncio.sleep(0)  # the first chunk is written, then the save yields
+    account._unsaved["d0"] = (b'{"speed":-1}', 3.0)  # a newer state meanwhile
+    save.cancel()
+    await asyncio.gather(save, return_exceptions=True)
+    assert len(account._unsaved) == n - STATE_SAVE_CHUNK + 1
+    assert account._unsaved["d0"] == (b'{"speed":-1}', 3.0)
+    account.save_states(force=True)
+    stored = {row["device"]: row["state"] for row in bridge.store.load_devices("gate")}
+    assert stored["d0"] == {"speed": -1} and stored[f"d{n - 1}"] == {"speed": n}
+    bridge.store.close()
