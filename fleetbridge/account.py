@@ -11,6 +11,7 @@ import logging
 import random
 import ssl
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,11 @@ BACKOFF_MAX = 300.0
 CALL_TIMEOUT = 600.0
 STATE_SAVE_EVERY = 30.0  # seconds between writes of changed states to the store
 STATE_SAVE_CHUNK = 2000  # rows per transaction (40,000 at once held the event loop for 200 ms)
+
+
+def _state_rows(items: Iterable[tuple[str, tuple[bytes, float]]]) -> list[tuple[str, str, float]]:
+    """(slug, (state JSON, at)) -> the store's (slug, state text, at) rows."""
+    return [(slug, payload.decode(), at) for slug, (payload, at) in items]
 
 
 @dataclass(slots=True)
@@ -209,7 +215,7 @@ class Account:
         return data.get("scan_interval") or (self.platform_cls.DEFAULT_SCAN_INTERVAL if self.platform_cls else 60.0)
 
     async def close(self) -> None:
-        self.save_states(force=True)
+        self.save_states()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -392,25 +398,24 @@ class Account:
                 old, dev.state = dev.state, state
                 self._unsaved[dev.slug] = (self.bridge.state_changed(self, dev, old), now)
 
-    def save_states(self, force: bool = False) -> None:
-        """Write changed states to the store every ``STATE_SAVE_EVERY`` s (and at stop): they only
-        seed the next start, whose first poll refreshes them anyway."""
-        if self._unsaved and (force or time.monotonic() - self._saved_at >= STATE_SAVE_EVERY):
-            self.bridge.store.save_states(self.id, [(slug, payload.decode(), at)
-                                                    for slug, (payload, at) in self._unsaved.items()])
+    def save_states(self) -> None:
+        """Write every changed state not yet stored, at once (at stop)."""
+        if self._unsaved:
+            self.bridge.store.save_states(self.id, _state_rows(self._unsaved.items()))
             self._unsaved.clear()
-            self._saved_at = time.monotonic()
 
     async def _save_states_in_chunks(self) -> None:
-        """``save_states`` from a sweep: ``STATE_SAVE_CHUNK`` rows per transaction, the event loop
-        served in between. Rows not written when cancelled stay unsaved (``close`` writes them)."""
+        """Write changed states from a sweep (every ``STATE_SAVE_EVERY`` s: they only seed the next
+        start, whose first poll refreshes them anyway): ``STATE_SAVE_CHUNK`` rows per transaction,
+        the event loop served in between. Rows not written when cancelled stay unsaved (``close``
+        writes them)."""
         rows, self._unsaved = list(self._unsaved.items()), {}
         self._saved_at = time.monotonic()
         done = 0
         try:
             while done < len(rows):
                 chunk = rows[done:done + STATE_SAVE_CHUNK]
-                self.bridge.store.save_states(self.id, [(slug, payload.decode(), at) for slug, (payload, at) in chunk])
+                self.bridge.store.save_states(self.id, _state_rows(chunk))
                 done += len(chunk)
                 await asyncio.sleep(0)
         finally:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import aiomqtt
 
 from .config import MqttConfig
-from .mqtt import BACKOFF, broker_problem, tls_context
+from .mqtt import broker_problem, client_options, reconnect_forever
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -50,27 +49,20 @@ class EventLedger:
         self._ready = asyncio.Event()  # subscribed on this connection
 
     async def run(self) -> None:
-        delay = BACKOFF[0]
-        while True:
-            try:
-                await self._session()
-                delay = BACKOFF[0]
-            except aiomqtt.MqttError as err:
-                if self.status != "offline":
-                    _LOGGER.debug("Event ledger: %s", broker_problem(self.cfg, err))
-                self.status = "offline"
-            finally:
-                self._client = None
-                self._ready.clear()
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, BACKOFF[1])
+        def failed(err: aiomqtt.MqttError) -> None:
+            if self.status != "offline":
+                _LOGGER.debug("Event ledger: %s", broker_problem(self.cfg, err))
+            self.status = "offline"
+
+        def ended() -> None:
+            self._client = None
+            self._ready.clear()
+
+        await reconnect_forever(self._session, failed, ended)
 
     async def _session(self) -> None:
         cfg = self.cfg
-        client = aiomqtt.Client(
-            cfg.host, cfg.port, username=cfg.username, password=cfg.password,
-            identifier=f"{cfg.client_id}-ledger", clean_session=False, keepalive=cfg.keepalive,
-            tls_context=tls_context(cfg), timeout=30)
+        client = aiomqtt.Client(identifier=f"{cfg.client_id}-ledger", clean_session=False, **client_options(cfg))
         paho = client._client  # noqa: SLF001 - the ack must wait for the store: paho's own callbacks
         connected = paho.on_connect
         present = [False]

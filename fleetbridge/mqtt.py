@@ -196,6 +196,29 @@ class _Wire:
         return 0  # MQTT_ERR_SUCCESS: an id paho no longer waits for, as paho ignores it
 
 
+def client_options(cfg: MqttConfig) -> dict[str, object]:
+    """The aiomqtt.Client arguments every connection of the bridge shares."""
+    return {"hostname": cfg.host, "port": cfg.port, "username": cfg.username, "password": cfg.password,
+            "keepalive": cfg.keepalive, "tls_context": tls_context(cfg), "timeout": 30}
+
+
+async def reconnect_forever(session: Callable[[], Awaitable[None]], failed: Callable[[aiomqtt.MqttError], None],
+                            ended: Callable[[], None]) -> None:
+    """Run ``session`` again and again, with capped exponential backoff and jitter after each end,
+    until cancelled; ``failed`` hears of each broker error, ``ended`` runs after every session."""
+    delay = BACKOFF[0]
+    while True:
+        try:
+            await session()
+            delay = BACKOFF[0]
+        except aiomqtt.MqttError as err:
+            failed(err)
+        finally:
+            ended()
+        await asyncio.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, BACKOFF[1])
+
+
 class _Packed(bytes):
     """A retained payload kept zlib-compressed in memory."""
 
@@ -319,31 +342,27 @@ class MqttLink:
     # -- the connection -------------------------------------------------------------------------
     async def run(self) -> None:
         """Connect, reconnect with capped backoff and jitter, forever (until cancelled)."""
-        delay = BACKOFF[0]
         failing = False
-        while True:
-            try:
-                await self._session()
-                delay = BACKOFF[0]
-            except aiomqtt.MqttError as err:
-                if self.connected.is_set() or not failing:  # once per outage, not once per attempt
-                    _LOGGER.warning("%s; retrying with backoff", broker_problem(self.cfg, err))
-                else:
-                    _LOGGER.debug("%s", broker_problem(self.cfg, err))
-                failing = True
-            finally:
-                self.connected.clear()
-                self._client = None
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, BACKOFF[1])
+
+        def failed(err: aiomqtt.MqttError) -> None:
+            nonlocal failing
+            if self.connected.is_set() or not failing:  # once per outage, not once per attempt
+                _LOGGER.warning("%s; retrying with backoff", broker_problem(self.cfg, err))
+            else:
+                _LOGGER.debug("%s", broker_problem(self.cfg, err))
+            failing = True
+
+        def ended() -> None:
+            self.connected.clear()
+            self._client = None
+
+        await reconnect_forever(self._session, failed, ended)
 
     async def _session(self) -> None:
         cfg = self.cfg
         client = aiomqtt.Client(
-            cfg.host, cfg.port, username=cfg.username, password=cfg.password, identifier=cfg.client_id,
-            will=aiomqtt.Will(self.will_topic, b"offline", qos=1, retain=True), keepalive=cfg.keepalive,
-            tls_context=tls_context(cfg), max_inflight_messages=WINDOW, timeout=30,
-        )
+            identifier=cfg.client_id, will=aiomqtt.Will(self.will_topic, b"offline", qos=1, retain=True),
+            max_inflight_messages=WINDOW, **client_options(cfg))
         client.pending_calls_threshold = WINDOW * 4
         async with client:
             self._client = client

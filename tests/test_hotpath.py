@@ -219,7 +219,7 @@ async def test_a_sweep_saves_states_in_chunks_and_keeps_what_a_cancel_left(tmp_p
     await asyncio.gather(save, return_exceptions=True)
     assert len(account._unsaved) == n - STATE_SAVE_CHUNK + 1
     assert account._unsaved["d0"] == (b'{"speed":-1}', 3.0)
-    account.save_states(force=True)
+    account.save_states()
     stored = {row["device"]: row["state"] for row in bridge.store.load_devices("gate")}
     assert stored["d0"] == {"speed": -1} and stored[f"d{n - 1}"] == {"speed": n}
     bridge.store.close()
