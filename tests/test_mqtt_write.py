@@ -1,6 +1,7 @@
-"""The sender's socket I/O (``fleetbridge.mqtt._Wire``: coalesced sends, buffered reads, cheap PUBACKs)
-against a real mosquitto: order and completeness with a window in flight, short sends and EAGAIN, a
-connection reset in the middle of a write, TLS, and the plain path when paho's internals differ."""
+"""The sender's socket I/O (``fleetbridge.mqtt._Wire``: coalesced sends, buffered reads, cheap PUBACKs,
+QoS 1 publishes without paho's bookkeeping) against a real mosquitto: order and completeness with a
+window in flight, short sends and EAGAIN, a connection reset in the middle of a write, TLS, and the
+plain path when paho's internals differ; offline: the exact bytes, and PUBACKs taken from the buffer."""
 
 from __future__ import annotations
 
@@ -93,7 +94,11 @@ async def test_every_message_arrives_in_order_per_topic_with_a_window_in_flight(
     cfg = MqttConfig(host="127.0.0.1", port=broker.port, client_id=f"mw-{unique}", qos=qos)
     link, task = await _start(cfg, [f"mw{unique}/#"], own)
     try:
-        await _wired(link)
+        paho = await _wired(link)
+        await asyncio.sleep(0.2)  # the will's "online" is out
+        through_paho: list[str] = []
+        plain_publish = paho.publish
+        paho.publish = lambda topic, *a, **kw: (through_paho.append(topic), plain_publish(topic, *a, **kw))[1]
         _stream(link, prefix, n, topics)
         for i in range(500):  # the retained lane as well
             link.set_retained(f"mw{unique}/r{i}", json.dumps({"seq": i}).encode())
@@ -105,6 +110,9 @@ async def test_every_message_arrives_in_order_per_topic_with_a_window_in_flight(
         await _until(lambda: _sequences(own.messages, prefix) == expected, 30, "the link's own copies")
         await _until(lambda: link.stats["published"] >= n + 500 + 1, 10, "every publish counted")
         assert link.stats["published"] == n + 500 + 1  # + the will's "online"
+        # QoS 1 goes through the wire's own publish, QoS 0 through paho's
+        assert len(through_paho) == (0 if qos else n + 500)
+        assert not paho._out_messages
     finally:
         await _stop(task)
 
@@ -342,3 +350,67 @@ def test_nothing_is_sent_after_a_disconnect() -> None:
     while paho._sock is not None and paho.want_write():
         paho.loop_write()
     assert bytes(sock.wire).endswith(b"before\xe0\x00")  # DISCONNECT last, "after" never sent
+
+
+@pytest.mark.parametrize("retain", [True, False])
+def test_wire_publish_writes_the_bytes_paho_would(retain: bool) -> None:
+    # payload sizes on each side of the 1-, 2- and 3-byte remaining-length boundaries
+    sizes = (0, 1, 100, 127 - 12, 128 - 12, 16383 - 12, 16384 - 12, 70_000, 2_097_151 - 12, 2_097_152 - 12)
+    plan = [(f"fleetbridge/acc/dev{i}/{'x' * (i * 7 % 50)}state", bytes([i % 251]) * size)
+            for i, size in enumerate(sizes)]
+    sock, ref_sock = FakeSock([]), FakeSock([])
+    paho, reference = _offline_paho(sock), _offline_paho(ref_sock)
+    wire = mqtt._Wire.attach(paho)
+    assert wire is not None and wire.fast
+    mids = [wire.publish(topic, payload, retain) for topic, payload in plan]
+    ref_mids = [reference.publish(topic, payload, qos=1, retain=retain).mid for topic, payload in plan]
+    for client in (paho, reference):
+        while client.want_write():
+            client.loop_write()
+    assert mids == ref_mids == list(range(1, len(plan) + 1))  # paho's own packet ids
+    assert bytes(sock.wire) == bytes(ref_sock.wire)
+    assert not paho._out_messages  # paho keeps no record of them
+    with pytest.raises(ValueError):
+        wire.publish("fleetbridge/+/state", b"{}", retain)
+    paho._sock = None
+    assert wire.publish("fleetbridge/a/state", b"{}", retain) is None  # not connected
+
+
+def test_pubacks_in_the_buffer_go_to_on_ack_and_the_rest_to_paho() -> None:
+    def puback(mid: int) -> bytes:
+        return bytes((0x40, 2, mid >> 8, mid & 0xFF))
+
+    ours = list(range(1, 40)) + [300, 301]
+    incoming = (b"".join(puback(m) for m in ours[:20]) + b"\xd0\x00"  # a PINGRESP in between
+                + b"".join(puback(m) for m in ours[20:39]) + puback(9000)  # 9000: paho's own
+                + b"".join(puback(m) for m in ours[39:]))
+    sock = FakeSock([], incoming=incoming)
+    paho = _offline_paho(sock)
+    wire = mqtt._Wire.attach(paho)
+    assert wire is not None
+    acked: list[int] = []
+    wire.on_ack = lambda mid: mid in ours and not acked.append(mid)
+    paho._last_mid = 8999
+    info = paho.publish("t/paho", b"x", qos=1)  # a message paho itself waits for
+    assert info.mid == 9000
+    done: list[int] = []
+    paho.on_publish = lambda c, u, mid, *rest: done.append(mid)
+    paho._ping_t = 1.0
+    handled: list[int] = []
+    plain_handle = paho._packet_handle
+    paho._packet_handle = lambda: (handled.append(paho._in_packet["command"]), plain_handle())[1]
+    while sock.incoming or wire.rpos < len(wire.rbuf):
+        assert paho.loop_read() == 0
+    assert acked == ours  # every one of ours once, in order
+    assert len(handled) <= 5  # paho parsed the PINGRESP, its own PUBACK and a first one per read only
+    assert done == [9000] and not paho._out_messages  # paho's own PUBACK took paho's path
+    assert paho._ping_t == 0  # the PINGRESP was handled by paho
+    assert sock.recvs <= 3
+
+
+def test_wire_publish_is_not_used_on_mqtt5() -> None:
+    import paho.mqtt.client as paho_mqtt
+
+    paho = paho_mqtt.Client(paho_mqtt.CallbackAPIVersion.VERSION2, protocol=paho_mqtt.MQTTv5)
+    wire = mqtt._Wire.attach(paho)
+    assert wire is not None and not wire.fast
