@@ -157,6 +157,21 @@ def test_coerce_state_survives_infinite_and_huge_numbers() -> None:
     assert state == {"odometer": 5.0}
 
 
+def test_coerced_floats_have_at_most_six_decimals() -> None:
+    import random
+
+    from fleetbridge import codec
+
+    rng = random.Random(5)
+    for _ in range(20_000):
+        x = rng.uniform(-1000, 1000) * 10 ** rng.randint(-7, 9)
+        y = coerce_state({"odometer": x})["odometer"]
+        assert abs(y - x) <= 5.01e-7 + abs(x) * 1e-15
+        text = codec.dumps({"v": y}).decode()  # what reaches MQTT
+        assert "e" in text or len(text.split(".")[-1].rstrip("}")) <= 6, (x, text)
+    assert coerce_state({"odometer": 12.300000000000001, "speed": 1e300}) == {"odometer": 12.3, "speed": 1e300}
+
+
 def test_encoded_states_are_right_sized() -> None:
     """A retained payload must not carry an encoder's work buffer (orjson's is 4 KB)."""
     import tracemalloc
