@@ -135,21 +135,30 @@ def _number(value: Any, kind: type = float) -> Any:
     return int(number) if kind is int else number
 
 
+_LEADING_NUMBER = re.compile(r"\s*(-?\d+(?:\.\d+)?)")
+_LAST_SECOND = 32503680000  # 3000-01-01: later Unix seconds are garbage, not a date
+
+
 def _leading_number(value: Any) -> float | None:
     """``"12.6"``, ``"12.6V"`` -> 12.6; None when there is no number (an undocumented field)."""
-    match = re.match(r"\s*(-?\d+(?:\.\d+)?)", str(value))
+    text = str(value)
+    if text[:1].isdecimal() and text.replace(".", "", 1).isdecimal():  # "12.60": the usual, no regex
+        return float(text)
+    match = _LEADING_NUMBER.match(text)
     return float(match.group(1)) if match else None
 
 
 def _km(value: Any) -> float:
-    return _number(value) / 1000
+    return (value if type(value) is int else _number(value)) / 1000
 
 
 def _int(value: Any) -> int:
-    return _number(value, int)
+    return value if type(value) is int else _number(value, int)
 
 
 def _time(value: Any) -> str | None:
+    if type(value) is int and 0 < value < _LAST_SECOND:  # the usual: Unix seconds
+        return iso(value)
     return _iso_or_none(_number(value))
 
 
@@ -180,13 +189,16 @@ def track_state(record: Mapping[str, Any]) -> dict[str, Any]:
             state["latitude"], state["longitude"] = lat, lon
     for key, field, convert in TRACK_FIELDS:
         value = get(field)
-        if not _absent(value):
+        if value is not None and value != -1 and value != "" and value != "-1":  # _absent, inline
             converted = convert(value)
             if converted is not None:
                 state[key] = converted
     for field, key, true_value in _FLAG_FIELDS:
         value = get(field)
-        if not _absent(value):
+        if type(value) is int:  # the usual: a plain 0/1 flag
+            if value != -1:
+                state[key] = value == true_value
+        elif not _absent(value):
             state[key] = _number(value, int) == true_value
     status = get("datastatus")
     if not _absent(status):

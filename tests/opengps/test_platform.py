@@ -364,3 +364,23 @@ def test_create_simulator_uses_the_simulator_module(monkeypatch) -> None:
     monkeypatch.setattr(simulator, "create_app", lambda **kw: seen.update(kw) or "app")
     assert OpenGpsPlatform.create_simulator(make_config(), devices=3, seed=7) == "app"
     assert seen == {"accounts": {ACCOUNT: PASSWORD}, "devices": 3, "seed": 7}
+
+
+def test_track_field_fast_paths_agree_with_the_general_rules() -> None:
+    """The shortcuts for the usual values (plain ints, "12.60") give what the general rules give."""
+    import random
+    import re
+
+    from fleetbridge_plugins.opengps import platform as tracker
+
+    def leading_number(value: Any) -> float | None:  # the general rule: a regex
+        match = re.match(r"\s*(-?\d+(?:\.\d+)?)", str(value))
+        return float(match.group(1)) if match else None
+
+    rng = random.Random(3)
+    texts = ["".join(rng.choice("0123456789..-V e٢²") for _ in range(rng.randint(0, 7))) for _ in range(20_000)]
+    for text in texts + ["12.60", "12", "5.", ".5", "1e5", "١٢", " 12.6"]:
+        assert tracker._leading_number(text) == leading_number(text), text
+    for value in (1, 1796231574, 32503679999, 32503680000, 10**30, 0, -5):
+        assert tracker._time(value) == tracker._iso_or_none(float(value)), value
+        assert tracker._km(value) == float(value) / 1000
