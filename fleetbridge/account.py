@@ -370,15 +370,16 @@ class Account:
 
     async def poll(self) -> None:
         """One sweep, vendor batch by vendor batch: each batch is diffed and queued for MQTT before
-        the next is asked for, and the sweep waits (up to its interval) while MQTT has a backlog."""
+        the next is asked for. After each batch the sweep waits (up to one interval) while MQTT has a
+        backlog: a bridge short of CPU then fetches no more than it can publish, instead of fetching
+        states that a newer fetch replaces before they are sent."""
         assert self.platform is not None
         devices = [d.info for d in self.devices.values()]
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.scan_interval
         if devices:
             async for states in self.platform.async_poll_batches(devices):
                 await self._apply(states)
-                await self.bridge.mqtt.wait_for_room(deadline)
+                await self.bridge.mqtt.wait_for_room(loop.time() + self.scan_interval)
         if time.monotonic() - self._saved_at >= STATE_SAVE_EVERY:
             await self._save_states_in_chunks()
         self.polls += 1

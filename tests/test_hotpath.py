@@ -80,6 +80,64 @@ async def test_each_batch_is_published_before_the_next_is_fetched(
     assert stored == live and stored["second"]["speed"] > 20
 
 
+class FloodPlatform(Platform):
+    """Three batches of 3,000 changed devices; the second comes after the 1 s interval is over.
+    Records the MQTT backlog each time the sweep asks for its next batch."""
+
+    name = "flood"
+    title = "Flood test platform"
+    BATCH = 3000
+    bridge: Bridge
+    backlog_when_asked: list[int] = []
+    polls = 0
+
+    async def async_discover(self) -> list[DeviceInfo]:
+        return [DeviceInfo(id=f"d{i}", name=f"d{i}", keys=frozenset({"speed"})) for i in range(3 * self.BATCH)]
+
+    async def async_poll_batches(self, devices: list[DeviceInfo]):
+        type(self).polls += 1
+        for batch in range(3):
+            if batch:
+                type(self).backlog_when_asked.append(self.bridge.mqtt.backlog)
+            if batch == 1:
+                await asyncio.sleep(1.2)  # the sweep outlasts its interval
+            yield {f"d{i}": {"speed": float(self.polls)} for i in range(batch * self.BATCH, (batch + 1) * self.BATCH)}
+
+
+class FloodPlugin:
+    @hookimpl
+    def fleetbridge_register_platforms(self, register: Any) -> None:
+        register(FloodPlatform)
+
+
+async def test_a_sweep_past_its_interval_still_waits_for_room(tmp_path: Path, broker: Any, unique: str) -> None:
+    """A bridge short of CPU must not fetch states faster than it publishes them: each batch
+    waits for the backlog to drain, also once the sweep has overrun its interval."""
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({
+        "mqtt": {"host": "127.0.0.1", "port": broker.port, "base_topic": f"fl{unique}", "discovery": False,
+                 "client_id": f"fl-{unique}"},
+        "storage": str(tmp_path / "fb.db"),
+        "accounts": [{"platform": "flood", "name": "Flood", "scan_interval": 1}]}))
+    registry = load_plugins(extra={"flood": FloodPlugin()})
+    bridge = FloodPlatform.bridge = Bridge(load_config(path, registry.platforms, {}), registry)
+    FloodPlatform.backlog_when_asked = []
+    FloodPlatform.polls = 0
+    stop = asyncio.Event()
+    task = asyncio.create_task(bridge.run(stop))
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while len(FloodPlatform.backlog_when_asked) < 4 and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    asked = FloodPlatform.backlog_when_asked
+    assert len(asked) >= 4, "two sweeps did not finish"
+    assert all(n <= LOW_WATER for n in asked), asked  # the third batch too, asked after the interval
+
+
 async def test_async_poll_collects_the_batches() -> None:
     GatedPlatform.gate = asyncio.Event()
     GatedPlatform.gate.set()
