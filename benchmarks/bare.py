@@ -29,7 +29,7 @@ import aiomqtt
 async def direct(client: aiomqtt.Client, items: list[tuple[str, bytes]], count: int, window_size: int,
                  qos: int, retain: bool) -> None:
     """paho's publish(), at most ``window_size`` unacknowledged (the bridge's way)."""
-    paho = client._client  # noqa: SLF001
+    paho = client._client
     inflight: set[int] = set()
     free = asyncio.Event()
     chained = paho.on_publish
@@ -93,9 +93,13 @@ async def awaited(client: aiomqtt.Client, items: list[tuple[str, bytes]], count:
     await asyncio.gather(*tasks)
 
 
+def load_payloads(path: str) -> list[tuple[str, bytes]]:
+    with open(path, encoding="utf-8") as fh:
+        return [(topic, payload.encode()) for topic, payload in json.load(fh)]
+
+
 async def main(spec: dict) -> dict:
-    with open(spec["payloads"], encoding="utf-8") as fh:
-        items = [(topic, payload.encode()) for topic, payload in json.load(fh)]
+    items = load_payloads(spec["payloads"])
     count, window_size = int(spec["count"]), int(spec.get("window", 32))
     qos, retain = int(spec.get("qos", 1)), bool(spec.get("retain", True))
     publisher = {"awaited": awaited, "wire": wire}.get(spec.get("mode", "direct"), direct)

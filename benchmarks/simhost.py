@@ -5,15 +5,20 @@ Started by ``run.py`` (not by hand)::
 
     python benchmarks/simhost.py '<json spec>'
 
-The spec is ``{"platforms": [{"name", "devices", "seed", "config"}]}``. The process prints one JSON
-line (``{"control": port, "ports": {platform: port}, "errors": {...}}``) and serves until its stdin
-closes or it gets SIGTERM/SIGINT, so it never outlives ``run.py``.
+The spec is ``{"platforms": [{"name", "devices", "seed", "config"[, "key", "index", "of"]}]}``.
+``name`` is the platform; ``key`` (default: ``name``) labels one simulated vendor account, so a
+platform can run several (the tracker's storm is spread over ``of`` accounts: keys ``opengps``,
+``opengps_2``, ...; ``index`` 0..of-1, each with its own app, port, seed and credentials, its IMEIs
+disjoint from the others' by construction). The process prints one JSON line (``{"control": port,
+"ports": {key: port}, "errors": {...}}``) and serves until its stdin closes or it gets SIGTERM/SIGINT,
+so it never outlives ``run.py``. The control API takes a key or a platform name (all its accounts)
+wherever it takes a platform, and answers per key.
 
 Every simulator is created with ``tick=0``: its world stands still unless this process steps it
-(only the tracker's is stepped, below), so the steady state is quiet for every platform. A
-middleware sees every ``/api/track`` request and detects the start of a bridge refresh cycle (a
-batch naming an IMEI already served since the last cycle start). At that moment, depending on the
-mode set through ``POST /bench/mode``:
+(only the trackers' are stepped, below), so the steady state is quiet for every platform. In each
+tracker account, a middleware sees every ``/api/track`` request and detects the start of a bridge
+refresh cycle of that account (a batch naming an IMEI already served since the last cycle start). At
+that moment, depending on the mode set through ``POST /bench/mode``:
 
 * ``quiet``: nothing changes (steady state);
 * ``storm``: the whole world steps forward by the wall time since the last step (>= 1 s), so every
@@ -28,6 +33,7 @@ counted by method and path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -55,14 +61,15 @@ def group_floor(group: Any, cap: int) -> int:
     if sum(len(g.gateways) for g in group.walk()) <= cap:
         return 1 if any(g.gateways for g in group.walk()) else 0
     return len(group.gateways) + sum(group_floor(child, cap) for child in group.children)
-VOLATILE = re.compile(r"token|time|signature|^ts$|^_|since|until|begin|end", re.I)  # not part of a request's identity
+VOLATILE = re.compile(r"token|time|signature|^ts$|^_|since|until|begin|end", re.IGNORECASE)  # not part of a request's identity
 
 
 class Platform:
     """What the bench keeps per simulated platform."""
 
-    def __init__(self, name: str, app: web.Application, refresh: str | None = None) -> None:
-        self.name = name
+    def __init__(self, name: str, app: web.Application, refresh: str | None = None, key: str | None = None) -> None:
+        self.name = name  # the platform
+        self.key = key or name  # this simulated vendor account
         self.app = app
         self.counts: Counter[str] = Counter()  # "METHOD /path" -> requests
         self.first_at: dict[str, float] = {}
@@ -99,7 +106,8 @@ class Platform:
 
     def stats(self) -> dict[str, Any]:
         return {"counts": dict(self.counts), "first_at": self.first_at, "last_at": self.last_at,
-                "cycles": self.cycles, "per_cycle": self.per_cycle}
+                "cycles": self.cycles, "per_cycle": self.per_cycle, "cycle_started": self.cycle_started,
+                "platform": self.name}
 
     def clear(self) -> None:
         self.per_cycle.clear()
@@ -114,8 +122,8 @@ class Platform:
 class Tracker(Platform):
     """``opengps``: cycle detection, storm, latency probes, command arrivals."""
 
-    def __init__(self, name: str, app: web.Application) -> None:
-        super().__init__(name, app)
+    def __init__(self, name: str, app: web.Application, key: str | None = None, index: int = 0) -> None:
+        super().__init__(name, app, key=key)
         self.sim = app["sim"]
         self.mode = "quiet"
         self.k = 50
@@ -129,7 +137,7 @@ class Tracker(Platform):
         self.probes: list[tuple[str, int, float, float]] = []  # imei, cycle, changed at, served at
         self.commands: list[tuple[float, str, str]] = []  # arrival, imei, command
         self.steps: list[tuple[float, float]] = []  # (wall time, seconds the step took)
-        self.rng = random.Random(7)
+        self.rng = random.Random(7 + index)
         self.online = [d.imei for d in self.sim.devices.values() if d.datastatus == 2]
 
     def devices(self) -> list[dict[str, Any]]:
@@ -222,15 +230,40 @@ def make_middleware(platform: Platform):
     return middleware
 
 
+@contextlib.contextmanager
+def disjoint_imeis(sim_cls: Any, index: int, of: int):
+    """While a tracker simulator is created: only IMEIs whose 6-digit serial is ``index`` modulo ``of``,
+    so that the fleets of ``of`` simulated accounts never share an IMEI (whatever their seeds).
+    One account (``of`` 1): the simulator's own draws, unchanged."""
+    original = getattr(sim_cls, "_new_imei", None)
+    if of <= 1 or original is None:  # no hook: main() still checks that the fleets are disjoint
+        yield
+        return
+
+    def new_imei(self: Any, taken: set[str]) -> str:
+        while True:
+            imei = original(self, taken)
+            if int(imei[8:14]) % of == index:
+                return imei
+
+    sim_cls._new_imei = new_imei
+    try:
+        yield
+    finally:
+        sim_cls._new_imei = original
+
+
 def create(entry: dict[str, Any]) -> web.Application:
     name, devices, seed, config = entry["name"], int(entry["devices"]), int(entry.get("seed", 1)), entry["config"]
     if name == "opengps":
-        from fleetbridge_plugins.opengps.simulator import create_app
+        from fleetbridge_plugins.opengps import simulator
 
         # tick=0: the world moves only when this process steps it; > 500 devices need sub-accounts
         # (the vendor lists at most 500 devices per account); commands answer in 0.3-0.8 s
-        return create_app(accounts={config["account"]: config["password"]}, devices=devices, seed=seed, tick=0,
-                          subaccounts=devices > 500, command_delay=(0.3, 0.8), random_alarm_interval=0)
+        with disjoint_imeis(simulator.Simulator, int(entry.get("index", 0)), int(entry.get("of", 1))):
+            return simulator.create_app(accounts={config["account"]: config["password"]}, devices=devices,
+                                        seed=seed, tick=0, subaccounts=devices > 500, command_delay=(0.3, 0.8),
+                                        random_alarm_interval=0)
     from fleetbridge.plugins import load_plugins
 
     cls = load_plugins().platforms[name]
@@ -246,43 +279,57 @@ async def main(spec: dict[str, Any]) -> None:
     ports: dict[str, int] = {}
     errors: dict[str, str] = {}
     caps: dict[str, dict[str, Any]] = {}
+    imei_owner: dict[str, str] = {}  # every tracker IMEI -> its simulated account: must be disjoint
     for entry in spec["platforms"]:
         name = entry["name"]
+        key = entry.get("key") or name
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 app = create(entry)
-            plat = Tracker(name, app) if name == "opengps" else Platform(name, app, entry.get("refresh"))
+            if name == "opengps":
+                plat: Platform = Tracker(name, app, key, int(entry.get("index", 0)))
+                for imei in app["sim"].devices:
+                    if imei_owner.setdefault(imei, key) != key:
+                        raise RuntimeError(f"IMEI {imei} in both {imei_owner[imei]} and {key}")
+            else:
+                plat = Platform(name, app, entry.get("refresh"), key)
             app.middlewares.append(make_middleware(plat))
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
             runners.append(runner)
-            ports[name] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            platforms[name] = plat
+            ports[key] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            platforms[key] = plat
             sim = app.get("sim")
-            caps[name] = {a: getattr(sim, a) for a in CAP_ATTRS if sim is not None and hasattr(sim, a)}
+            caps[key] = {a: getattr(sim, a) for a in CAP_ATTRS if sim is not None and hasattr(sim, a)}
             if sim is not None and hasattr(sim, "root") and hasattr(sim, "target_cap"):
-                caps[name]["api_floor"] = group_floor(sim.root, sim.target_cap)
-        except Exception as err:  # a plugin in progress: report it, run the others
-            errors[name] = f"{type(err).__name__}: {err}"
+                caps[key]["api_floor"] = group_floor(sim.root, sim.target_cap)
+        except Exception as err:  # noqa: BLE001 - a plugin in progress: report it, run the others
+            errors[key] = f"{type(err).__name__}: {err}"
             traceback.print_exc(file=sys.stderr)
 
+    def select(names: list[str] | None) -> list[str]:
+        """Keys named, or of the platforms named (all their accounts); all when none is named."""
+        if not names:
+            return list(platforms)
+        return [k for k, p in platforms.items() if k in names or p.name in names]
+
     async def get_devices(request: web.Request) -> web.Response:
-        plat = platforms[request.query["platform"]]
-        return web.json_response(plat.devices())
+        # every device once, labelled with its simulated account ("sim": the key)
+        return web.json_response([{**d, "sim": k} for k in select([request.query["platform"]])
+                                  for d in platforms[k].devices()])
 
     async def post_mode(request: web.Request) -> web.Response:
         body = await request.json()
-        for name in body.get("platforms") or list(platforms):
-            platforms[name].set_mode(body["mode"], int(body.get("k", 50)))
+        for key in select(body.get("platforms")):
+            platforms[key].set_mode(body["mode"], int(body.get("k", 50)))
         return web.json_response({"ok": True})
 
     async def get_stats(request: web.Request) -> web.Response:
         names = request.query.get("platforms")
-        wanted = names.split(",") if names else list(platforms)
-        return web.json_response({n: platforms[n].stats() for n in wanted if n in platforms})
+        return web.json_response({k: platforms[k].stats() for k in select(names.split(",") if names else None)})
 
     async def post_clear(_: web.Request) -> web.Response:
         for plat in platforms.values():
