@@ -5,7 +5,8 @@ Same libraries, QoS, retain flag, in-flight window and publish mechanism as the 
 counted down in ``on_publish``), and the payloads the bridge published in the same run. ``"mode":
 "direct"`` (the default, the issue's reference "bare client, same library") is paho's plain socket
 I/O; ``"mode": "wire"`` is the same with the bridge's ``fleetbridge.mqtt._Wire`` attached (coalesced
-sends, buffered reads, PUBACKs without throw-away objects: what the bridge's sender does since);
+sends, buffered reads, PUBACKs without throw-away objects); ``"mode": "fast"`` also builds each QoS 1
+PUBLISH in the wire (``_Wire.publish``): the bridge's own publish path, nothing else of the bridge;
 ``"mode": "awaited"`` awaits aiomqtt's ``publish()`` in one task per message (the bridge's sender
 before it was rewritten), for comparison. Started by ``run.py``::
 
@@ -71,6 +72,46 @@ async def wire(client: aiomqtt.Client, items: list[tuple[str, bytes]], count: in
         attached.detach()
 
 
+async def fast(client: aiomqtt.Client, items: list[tuple[str, bytes]], count: int, window_size: int,
+               qos: int, retain: bool) -> None:
+    """``wire`` with the QoS 1 PUBLISH built by the wire (``_Wire.publish``, PUBACKs to ``on_ack``):
+    the bridge's own publish path, without the rest of the bridge."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+    from fleetbridge.mqtt import _Wire
+
+    attached = _Wire.attach(client._client)
+    if attached is None or not attached.fast or qos != 1:
+        raise RuntimeError("fleetbridge.mqtt._Wire.publish does not fit this paho-mqtt or QoS")
+    inflight: set[int] = set()
+    free = asyncio.Event()
+
+    def acked(mid: int) -> bool:
+        if mid not in inflight:
+            return False
+        inflight.discard(mid)
+        free.set()
+        return True
+
+    attached.on_ack = acked
+    n = len(items)
+    try:
+        for i in range(count):
+            while len(inflight) >= window_size:
+                free.clear()
+                await free.wait()
+            topic, payload = items[i % n]
+            mid = attached.publish(topic, payload, retain)
+            if mid is None:
+                raise RuntimeError("not connected")
+            inflight.add(mid)
+        while inflight:
+            free.clear()
+            await free.wait()
+    finally:
+        attached.on_ack = None
+        attached.detach()
+
+
 async def awaited(client: aiomqtt.Client, items: list[tuple[str, bytes]], count: int, window_size: int,
                   qos: int, retain: bool) -> None:
     """aiomqtt's awaited publish(), one task per message, a semaphore for the window."""
@@ -102,7 +143,7 @@ async def main(spec: dict) -> dict:
     items = load_payloads(spec["payloads"])
     count, window_size = int(spec["count"]), int(spec.get("window", 32))
     qos, retain = int(spec.get("qos", 1)), bool(spec.get("retain", True))
-    publisher = {"awaited": awaited, "wire": wire}.get(spec.get("mode", "direct"), direct)
+    publisher = {"awaited": awaited, "wire": wire, "fast": fast}.get(spec.get("mode", "direct"), direct)
     client = aiomqtt.Client(spec["host"], int(spec["port"]), identifier=f"bench-bare-{os.getpid()}",
                             max_inflight_messages=window_size, timeout=30)
     client.pending_calls_threshold = window_size * 4
