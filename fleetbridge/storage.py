@@ -113,8 +113,9 @@ class Store:
                             (account, now - EVENT_SEEN_DAYS * 86400))
         return ids
 
-    def outbox(self) -> list[tuple[int, str, bytes, int]]:
-        return list(self.db.execute("SELECT id, topic, payload, qos FROM outbox ORDER BY id"))
+    def outbox(self, limit: int = -1) -> list[tuple[int, str, bytes, int]]:
+        """The oldest ``limit`` stored events (all: -1)."""
+        return list(self.db.execute("SELECT id, topic, payload, qos FROM outbox ORDER BY id LIMIT ?", (limit,)))
 
     def outbox_seen(self, topic: str, payload: bytes) -> list[int]:
         """Drop the stored copies of a message the broker is known to have; their ids."""

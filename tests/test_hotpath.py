@@ -138,6 +138,47 @@ async def test_a_sweep_past_its_interval_still_waits_for_room(tmp_path: Path, br
     assert all(n <= LOW_WATER for n in asked), asked  # the third batch too, asked after the interval
 
 
+@pytest.mark.parametrize("ledger", [True, False])
+async def test_a_large_outbox_is_queued_a_page_at_a_time_and_all_delivered_once(
+        tmp_path: Path, broker: Any, unique: str, recorder_factory: Any, monkeypatch: pytest.MonkeyPatch,
+        ledger: bool) -> None:
+    """Stored events (a first fetch's hour of alarms) go out in order, each once, with at most a page
+    of them queued in memory at any moment."""
+    from fleetbridge import bridge as bridge_module
+
+    monkeypatch.setattr(bridge_module, "OUTBOX_PAGE", 40)
+    n = 1000
+    topic = f"ob{unique}/gate/first/event"
+    Store(tmp_path / "fb.db").record_events("gate", [(f"u{i}", topic, json.dumps({"seq": i}).encode())
+                                                     for i in range(n)], cursor=None)
+    rec = await recorder_factory(broker.port, [topic])
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({
+        "mqtt": {"host": "127.0.0.1", "port": broker.port, "base_topic": f"ob{unique}", "discovery": False,
+                 "client_id": f"ob-{unique}", "event_ledger": ledger},
+        "storage": str(tmp_path / "fb.db"),
+        "accounts": [{"platform": "gated", "name": "Gate", "scan_interval": 1}]}))
+    GatedPlatform.gate = asyncio.Event()
+    registry = load_plugins(extra={"gated": GatedPlugin()})
+    bridge = Bridge(load_config(path, registry.platforms, {}), registry)
+    stop = asyncio.Event()
+    task = asyncio.create_task(bridge.run(stop))
+    most = 0
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while len(rec.on(topic)) < n and loop.time() < deadline:
+            most = max(most, len(bridge._outbox_queued), len(bridge.mqtt._acked) + len(bridge.mqtt._acked_out))
+            await asyncio.sleep(0.002)
+        await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert [e["seq"] for e in rec.on(topic)] == list(range(n))  # each once, in order
+    assert 0 < most <= 40
+    assert Store(tmp_path / "fb.db").outbox() == []
+
+
 async def test_async_poll_collects_the_batches() -> None:
     GatedPlatform.gate = asyncio.Event()
     GatedPlatform.gate.set()
