@@ -47,6 +47,17 @@ def config_for(tmp_path: Path, broker: Any, sim: Any, unique: str, **extra: Any)
     return path
 
 
+def drive_until_moving(sim: Any, speed: float = 40) -> str:
+    """An online vehicle driving at ``speed`` km/h or more, advancing the still world until one is: where the
+    fleet stands when the test starts depends on the wall clock."""
+    for _ in range(1000):
+        moving = [i for i, d in sim.devices.items() if d.datastatus == 2 and d.oilpowerstatus != 0 and d.speed >= speed]
+        if moving:
+            return moving[0]
+        sim.step(10.0)
+    pytest.fail(f"no vehicle of the fleet reached {speed} km/h in 10,000 s of world time")
+
+
 def online_imei(sim: Any) -> str:
     return next(imei for imei, d in sim.devices.items() if d.datastatus == 2 and not d.never_answers)
 
@@ -282,10 +293,7 @@ async def test_subaccounts_and_clock_skew(tmp_path: Path, broker: Any, unique: s
 
 async def test_geofence_created_over_mqtt_raises_alarms(running: Any, sim: Any) -> None:
     rec, _, base = running
-    moving = [i for i, d in sim.devices.items() if d.datastatus == 2 and d.speed >= 40]
-    if not moving:
-        pytest.fail("the seed-7 fleet should have a moving vehicle")
-    imei = moving[0]
+    imei = drive_until_moving(sim)
     dev = sim.devices[imei]
     payload = {"name": "depot", "latitude": dev.latitude, "longitude": dev.longitude, "radius": 100,
                "alarm": "out"}
@@ -293,7 +301,10 @@ async def test_geofence_created_over_mqtt_raises_alarms(running: Any, sim: Any) 
     topic = f"{base}/{imei}/create_geofence/result"
     await rec.wait_for(lambda: rec.on(topic) and rec.on(topic)[-1]["status"] == "success", what="geofence created")
     assert dev.fences and dev.fences[0].radius == 100
-    sim.step(10.0)  # at 40+ km/h the vehicle leaves the 100 m circle: an exit alarm
+    for _ in range(60):  # at 40+ km/h the vehicle leaves the 100 m circle within seconds: an exit alarm
+        sim.step(5.0)
+        if not dev.fences[0].inside:
+            break
     event_topic = f"{base}/{imei}/event"
     await rec.wait_for(lambda: any(e["event_type"] == "geofenceExit" for e in rec.on(event_topic)), timeout=25,
                        what="geofenceExit event")
