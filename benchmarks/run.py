@@ -782,8 +782,8 @@ async def _run_size(run: Run) -> None:
             if count and len(samples) > 10 and samples[-11][2] == count:
                 break
             await asyncio.sleep(0.5)
-        # the events of the past hour are recorded and published after the whole fetch: wait until
-        # they stop coming (5 s without one, once some came or 10 s passed; storing 100,000 takes ~2 s)
+        # the events of the past hour are recorded and published a batch at a time as the fetch goes:
+        # wait until they stop coming (5 s without one, once some came or 10 s passed)
         ev_t0 = time.monotonic()
         ev_end = ev_t0 + 300
         while time.monotonic() < ev_end:

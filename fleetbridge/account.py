@@ -448,20 +448,29 @@ class Account:
                 await asyncio.sleep(self._backoff(None, attempt))
 
     async def fetch_events(self) -> int:
+        """One pass over the platform's event batches: each is stored with its cursor, then queued."""
         assert self.platform is not None
         store = self.bridge.store
         cursor = store.event_cursor(self.id)
-        events, cursor = await self.platform.async_fetch_events([d.info for d in self.devices.values()], cursor)
-        rows = []
-        for ev in events:
-            dev = self.by_vendor_id.get(ev.device_id)
-            if dev is None:
-                continue
-            rows.append((ev.uid, *self.bridge.event_message(self, dev, ev)))
-        ids = store.record_events(self.id, rows, cursor)
-        if ids:
-            self.bridge.flush_outbox()
-        return len(ids)
+        new = 0
+        async for events, cursor in self.platform.async_fetch_event_batches(
+                [d.info for d in self.devices.values()], cursor):
+            rows, messages = [], []
+            for ev in events:
+                dev = self.by_vendor_id.get(ev.device_id)
+                if dev is None:
+                    continue
+                topic, payload, body = self.bridge.event_message(self, dev, ev)
+                rows.append((ev.uid, topic, payload))
+                messages.append((ev.uid, dev, body))
+            ids = store.record_events(self.id, rows, cursor)
+            for uid, dev, body in messages:
+                if ids.pop(uid, None) is not None:  # not a repeat of a delivered (or this batch's) uid
+                    self.bridge.event_recorded(self, dev, body)
+                    new += 1
+            if new:
+                self.bridge.flush_outbox()
+        return new
 
     # -- service calls ------------------------------------------------------------------------
     async def call(self, dev: Device, service: str, params: dict[str, Any], source: str) -> ServiceResult:

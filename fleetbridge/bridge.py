@@ -263,15 +263,19 @@ class Bridge:
                                  state=dict(state), changed=changed)
         return payload
 
-    def event_message(self, acc: Account, dev: Device, ev: Event) -> tuple[str, bytes]:
+    def event_message(self, acc: Account, dev: Device, ev: Event) -> tuple[str, bytes, dict[str, Any]]:
+        """An event's topic, encoded payload and payload (no side effect: it may be a repeat)."""
         at = ev.at if ev.at.tzinfo else ev.at.replace(tzinfo=timezone.utc)
         payload = {**ev.data, "event_type": ev.event_type, "at": at.astimezone(timezone.utc).isoformat()
                    .replace("+00:00", "Z"), "device": dev.slug, "account": acc.id,
                    "id": hashlib.sha1(f"{acc.id}/{ev.uid}".encode()).hexdigest()[:16]}
+        return self.topics.device(acc.id, dev.slug, "event"), _json(payload), payload
+
+    def event_recorded(self, acc: Account, dev: Device, payload: dict[str, Any]) -> None:
+        """A new event was stored for delivery: count it, show it, tell the observers (once per uid)."""
         self.stats["events"] += 1
         self.recent_events.append(payload)
         self.registry.notify("fleetbridge_event", account=acc.id, device=dev.slug, event=payload)
-        return self.topics.device(acc.id, dev.slug, "event"), _json(payload)
 
     def flush_outbox(self) -> None:
         """Queue stored, not yet acknowledged events (after a fetch, a restart or a reconnect), the

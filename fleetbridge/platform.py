@@ -234,9 +234,25 @@ class Platform:
         """Events since ``cursor`` (None on first run) and the new cursor (JSON-serialisable).
 
         The host stores events and cursor in one transaction and drops events whose ``uid`` it has
-        already delivered, so a boundary record returned twice is harmless.
+        already delivered, so a boundary record returned twice is harmless. A platform implements
+        this, :meth:`async_fetch_event_batches`, or neither (no events).
         """
-        return [], cursor
+        if type(self).async_fetch_event_batches is Platform.async_fetch_event_batches:
+            return [], cursor
+        events: list[Event] = []
+        async for batch, cursor in self.async_fetch_event_batches(devices, cursor):
+            events += batch
+        return events, cursor
+
+    async def async_fetch_event_batches(
+        self, devices: list[DeviceInfo], cursor: Any
+    ) -> AsyncIterator[tuple[list[Event], Any]]:
+        """The events of :meth:`async_fetch_events`, yielded a batch at a time, each with the cursor
+        that covers every event yielded so far. The host stores and publishes each batch before
+        asking for the next: an alarm waits for its own batch, not for a sweep of the whole fleet;
+        memory holds one batch; a fetch that fails halfway keeps what it had. The host always
+        fetches through this method."""
+        yield await self.async_fetch_events(devices, cursor)
 
     async def async_call(self, device: DeviceInfo, call: ServiceCall) -> ServiceResult:
         """Run a service. Raise Rejected before any vendor call when the call is unsafe or

@@ -91,21 +91,21 @@ class Store:
         row = self.db.execute("SELECT cursor FROM event_cursor WHERE account=?", (account,)).fetchone()
         return json.loads(row[0]) if row and row[0] is not None else None
 
-    def record_events(self, account: str, events: list[tuple[str, str, bytes]], cursor: Any) -> list[int]:
+    def record_events(self, account: str, events: list[tuple[str, str, bytes]], cursor: Any) -> dict[str, int]:
         """Atomically: drop already-seen uids, queue the rest in the outbox, move the cursor.
 
-        ``events`` are (uid, topic, payload). Returns the outbox ids of the new ones, in order.
+        ``events`` are (uid, topic, payload). Returns uid -> outbox id of the new ones, in order.
         """
         now = time.time()
-        ids: list[int] = []
+        ids: dict[str, int] = {}
         with self.db:
             self.db.execute("BEGIN")
             for uid, topic, payload in events:
                 cur = self.db.execute(
                     "INSERT OR IGNORE INTO event_seen (account, uid, at) VALUES (?, ?, ?)", (account, uid, now))
                 if cur.rowcount:
-                    ids.append(self.db.execute(
-                        "INSERT INTO outbox (topic, payload, qos) VALUES (?, ?, 1)", (topic, payload)).lastrowid)
+                    ids[uid] = self.db.execute(
+                        "INSERT INTO outbox (topic, payload, qos) VALUES (?, ?, 1)", (topic, payload)).lastrowid
             self.db.execute(
                 "INSERT INTO event_cursor (account, cursor) VALUES (?, ?) "
                 "ON CONFLICT (account) DO UPDATE SET cursor=excluded.cursor", (account, json.dumps(cursor)))

@@ -123,10 +123,11 @@ def test_templates_tolerate_missing_keys() -> None:
 def test_store_events_dedupe_and_outbox(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.db")
     ids = store.record_events("a", [("u1", "t", b"1"), ("u2", "t", b"2")], {"x": 1})
-    assert len(ids) == 2
-    assert store.record_events("a", [("u2", "t", b"2"), ("u3", "t", b"3")], {"x": 2}) == [ids[1] + 1]
+    assert list(ids) == ["u1", "u2"] and ids["u2"] > ids["u1"]
+    assert store.record_events("a", [("u2", "t", b"2"), ("u3", "t", b"3"), ("u3", "t", b"3")], {"x": 2}) \
+        == {"u3": ids["u2"] + 1}
     assert store.event_cursor("a") == {"x": 2}
-    store.outbox_done(ids[0])
+    store.outbox_done(ids["u1"])
     assert [row[2] for row in store.outbox()] == [b"2", b"3"]
     entry = store.journal_open("a", "d", "reboot", {}, "mqtt")
     store.journal_update(entry, "pending", "sent", "CMD1")

@@ -88,6 +88,8 @@ CONCOX_ERRORS = {
     109: "wrong password",
 }
 FIRST_EVENT_LOOKBACK = 3600  # a first event fetch starts an hour back, not at the dawn of time
+EVENT_BATCH = 500  # alarms handed to the host at once, at the latest ...
+EVENT_BATCH_S = 1.0  # ... or this many seconds after the previous batch
 
 
 def _km_text(km: Any) -> str:
@@ -303,6 +305,9 @@ class OpenGpsPlatform(Platform):
         vol.Optional("token_refresh", default=5400.0,
                      description="seconds before the 2-hour token is renewed"): vol.All(vol.Coerce(float),
                                                                                        vol.Range(min=60, max=7000)),
+        vol.Optional("event_concurrency", default=4,
+                     description="alarm requests in flight at once (the alarm API takes one IMEI per request)"):
+            vol.All(vol.Coerce(int), vol.Range(min=1, max=32)),
     })
     SECRET_KEYS = ("password",)
     RATE_LIMITS = {
@@ -437,31 +442,50 @@ class OpenGpsPlatform(Platform):
 
     # --- events ------------------------------------------------------------------------------
 
-    async def async_fetch_events(self, devices: list[DeviceInfo], cursor: Any) -> tuple[list[Event], Any]:
+    async def async_fetch_event_batches(
+        self, devices: list[DeviceInfo], cursor: Any
+    ) -> AsyncIterator[tuple[list[Event], Any]]:
         """Alarms since the cursor ({imei: last systemtime}); a new device starts 1 h back.
 
         A device's cursor never lags more than an hour behind now (the overlap catches records
         the vendor indexes late; the host drops repeated uids). A device whose last track record says
         it has sent nothing since its cursor (``hearttime``, the last time it sent any data, is older)
-        cannot have an alarm there: it is not asked (the API takes one IMEI per request).
+        cannot have an alarm there: it is not asked. The API takes one IMEI per request: up to
+        ``event_concurrency`` of them are in flight, and the alarms go to the host every
+        ``EVENT_BATCH`` alarms or ``EVENT_BATCH_S`` seconds, each batch with the cursor of the
+        devices asked so far (the others keep theirs).
         """
         old = cursor if isinstance(cursor, dict) else {}
         now = int(self.api.now())
-        events: list[Event] = []
+        floor = now - FIRST_EVENT_LOOKBACK
         new: dict[str, int] = {}
+        asks: list[tuple[str, int]] = []
         for device in devices:
-            begin = _int_or(old.get(device.id), now - FIRST_EVENT_LOOKBACK)
+            begin = _int_or(old.get(device.id), floor)
             heard = self._heard.get(device.id)
             if heard is not None and heard < begin:
-                new[device.id] = max(begin, now - FIRST_EVENT_LOOKBACK)
-                continue
-            alarms = await self._alarms_of(device.id, min(begin, now), now)
-            if alarms is None:
-                new[device.id] = begin
-                continue
-            events += [alarm_event(device.id, a) for a in alarms]
-            new[device.id] = max([begin, now - FIRST_EVENT_LOOKBACK, *(a.systemtime for a in alarms)])
-        return events, new
+                new[device.id] = max(begin, floor)
+            else:
+                asks.append((device.id, begin))
+        width = int(self.config.get("event_concurrency", 4))
+        events: list[Event] = []
+        since = time.monotonic()
+        for start in range(0, len(asks), width):
+            chunk = asks[start:start + width]
+            answers = await asyncio.gather(*(self._alarms_of(imei, min(begin, now), now) for imei, begin in chunk),
+                                           return_exceptions=True)
+            for (imei, begin), alarms in zip(chunk, answers):
+                if isinstance(alarms, BaseException):
+                    raise alarms  # auth, rate, network: the whole fetch fails (the batches before it stand)
+                if alarms is None:
+                    new[imei] = begin
+                    continue
+                events += [alarm_event(imei, a) for a in alarms]
+                new[imei] = max([begin, floor, *(a.systemtime for a in alarms)])
+            if events and (len(events) >= EVENT_BATCH or time.monotonic() - since >= EVENT_BATCH_S):
+                yield events, {**old, **new}
+                events, since = [], time.monotonic()
+        yield events, new
 
     async def _alarms_of(self, imei: str, begin: int, end: int) -> list[AlarmRecord] | None:
         """The device's alarms; None (its cursor stays) when the vendor refuses or garbles this one
