@@ -88,7 +88,7 @@ CONCOX_ERRORS = {
     109: "wrong password",
 }
 FIRST_EVENT_LOOKBACK = 3600  # a first event fetch starts an hour back, not at the dawn of time
-EVENT_BATCH = 500  # alarms handed to the host at once, at the latest ...
+EVENT_BATCH = 2000  # alarms handed to the host at once, at the latest ...
 EVENT_BATCH_S = 1.0  # ... or this many seconds after the previous batch
 
 
