@@ -91,8 +91,9 @@ async def run_bridge(config: Config, registry: PluginRegistry, *, live: bool = F
             config = replace(config, mqtt=await start_embedded_broker(stack))
         await start_simulators(config, registry, stack)
         bridge = Bridge(config, registry)
-        _LOGGER.info("fleetbridge running: %d account(s), MQTT %s:%s, base topic %s", len(bridge.accounts),
-                     config.mqtt.host, config.mqtt.port, config.mqtt.base_topic)
+        _LOGGER.info("fleetbridge running: %d account(s), MQTT %s:%s, base topic %s, event loop %s",
+                     len(bridge.accounts), config.mqtt.host, config.mqtt.port, config.mqtt.base_topic,
+                     type(asyncio.get_running_loop()).__module__.split(".")[0])
         if config.http is not None and config.http.enabled:
             await start_web(bridge, config.http, stack)
         if live:

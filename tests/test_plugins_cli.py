@@ -315,3 +315,14 @@ async def test_common_mistakes_end_in_one_readable_line(tmp_path: Path) -> None:
         out = fleetbridge("call", "-c", str(sim_config), "vans", ANSWERING, service)
         result = json.loads(out.stdout)
         assert out.returncode == 1 and result["status"] == "rejected" and words in result["detail"], result
+
+
+def test_the_bridge_runs_on_uvloop_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fleetbridge.cli import run_loop
+
+    async def loop_kind() -> str:
+        return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+    assert run_loop(loop_kind()) == "uvloop"  # a dependency wherever the bridge runs in CI
+    monkeypatch.setenv("FLEETBRIDGE_EVENT_LOOP", "asyncio")
+    assert run_loop(loop_kind()) == "asyncio"
