@@ -171,9 +171,9 @@ class Bridge:
 
     async def discovery_settled(self, timeout: float = 30.0) -> None:
         """Wait until discovery is on the broker and Home Assistant had a moment to subscribe, so
-        that the first events find their entities."""
-        if self.mqtt_cfg.discovery:
-            await self.mqtt.flush(timeout, discovery_only=True)
+        that the first events find their entities. With the broker away there is nothing to wait
+        for: events are fetched into the outbox meanwhile (their cursor would otherwise stand still)."""
+        if self.mqtt_cfg.discovery and await self.mqtt.flush(timeout, discovery_only=True):
             await asyncio.sleep(DISCOVERY_SETTLE)
 
     def _publish_devices_list(self) -> None:

@@ -636,17 +636,20 @@ class MqttLink:
                 + len(self._acked_out))
 
     async def flush(self, timeout: float = 5.0, *, discovery_only: bool = False) -> bool:
-        """Wait until nothing (or no discovery) is left to send, or ``timeout``. True when drained."""
+        """Wait until nothing (or no discovery) is left to send, or ``timeout``. True when drained.
+        Waiting for discovery also ends when the link is down (nothing goes out then)."""
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
 
-        def busy() -> bool:
-            return bool(self._dirty_discovery) if discovery_only else bool(self.pending)
+        def waiting() -> bool:
+            if discovery_only:
+                return bool(self._dirty_discovery)
+            return bool(self.pending) or not self.connected.is_set()
 
-        while (busy() or not self.connected.is_set()) and loop.time() < end:
+        while waiting() and loop.time() < end and (self.connected.is_set() or not discovery_only):
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.05)
-        return not busy()
+        return not waiting()
 
     async def publish_offline_and_close(self) -> None:
         """Clean shutdown: publish ``offline`` on the will topic and disconnect."""

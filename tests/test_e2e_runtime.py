@@ -182,6 +182,27 @@ async def test_steady_state_is_quiet_except_heartbeats(tmp_path: Path, broker: A
     assert extra == 0 if heartbeat == 0 else extra >= 2, extra
 
 
+async def test_alarms_are_fetched_while_the_broker_is_away_from_the_start(
+        tmp_path: Path, own_broker: Any, sims: Any, unique: str, bridge_runner: Any) -> None:
+    """Discovery cannot settle without a broker: the event fetch does not wait for it (it used to
+    wait 30 s), the alarms go to the outbox and the cursor moves on."""
+    sim = await sims(random_alarm_interval=0)
+    imei = answering(sim)
+    for n in range(5):
+        sim.raise_alarm(imei, 1, at=sim.t - 100 + n)
+    own_broker.stop()
+    rb = await bridge_runner(write(tmp_path, own_broker.port, unique, [account("Vans", sim, event_interval=1)]))
+    await rb.bridge.accounts["vans"].ready.wait()
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 8
+    while loop.time() < end and not rb.bridge.store.outbox(100):
+        await asyncio.sleep(0.1)
+    stored = [json.loads(row[2]) for row in rb.bridge.store.outbox(100)
+              if row[1] == f"rt{unique}/vans/{imei}/event"]
+    assert sum(e["event_type"] == "sos" for e in stored) >= 5, stored  # these 5 (and any of the history)
+    assert not rb.bridge.mqtt.connected.is_set()
+
+
 async def test_alarms_raised_while_the_broker_is_down_arrive_once_each(
         tmp_path: Path, own_broker: Any, sims: Any, unique: str, bridge_runner: Any, recorder_factory: Any) -> None:
     """Events wait in the outbox through a broker outage, then go out (32 in flight, the event
