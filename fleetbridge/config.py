@@ -12,7 +12,6 @@ allowed) finds ``platform``, ``name`` and ``id``; then the platform's own ``CONF
 from __future__ import annotations
 
 import difflib
-import math
 import os
 import re
 from collections.abc import Hashable, Iterator, Mapping, Sequence
@@ -26,6 +25,7 @@ import yaml
 from .errors import ConfigError
 from .platform import BASE_ACCOUNT_SCHEMA, Platform, slugify
 from .services import SERVICE_BY_NAME
+from .validate import integer, number
 
 SECRETS_FILE = "secrets.yaml"
 MIN_SECRET_LEN = 4  # shorter values are not collected: redacting them would garble every log line
@@ -327,35 +327,6 @@ def _boolean(value: Any) -> bool:
     raise vol.Invalid("expected true or false")
 
 
-def _integer(value: Any) -> int:
-    """An integer, also as text; a float only when whole."""
-    if isinstance(value, bool):
-        raise vol.Invalid("expected an integer")
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    try:
-        return int(value.strip()) if isinstance(value, str) else int(_exact(value, int))
-    except (TypeError, ValueError):
-        raise vol.Invalid("expected an integer") from None
-
-
-def _number(value: Any) -> float:
-    """A finite number, also as text."""
-    try:
-        number = float(_exact(value, (int, float, str)))
-    except (TypeError, ValueError):
-        raise vol.Invalid("expected a number") from None
-    if not math.isfinite(number):
-        raise vol.Invalid("expected a finite number")
-    return number
-
-
-def _exact(value: Any, types: type | tuple[type, ...]) -> Any:
-    if isinstance(value, bool) or not isinstance(value, types):
-        raise TypeError
-    return value
-
-
 def _topic(value: Any) -> str:
     """An MQTT topic prefix: no wildcards, spaces, or leading/trailing '/'."""
     if not isinstance(value, str) or not re.fullmatch(r"[^/#+\s](?:[^#+\s]*[^/#+\s])?", value):
@@ -370,7 +341,7 @@ def _log_level(value: Any) -> str:
 
 
 def _port(minimum: int) -> vol.All:
-    return vol.All(_integer, vol.Range(min=minimum, max=65535))
+    return vol.All(integer, vol.Range(min=minimum, max=65535))
 
 
 _TEXT = vol.All(_string, vol.Length(min=1))
@@ -390,10 +361,10 @@ MQTT_SCHEMA = vol.Schema({
     vol.Optional("discovery_prefix", default="homeassistant", description='Home Assistant discovery prefix'): _topic,
     vol.Optional("discovery", default=True, description='publish Home Assistant discovery'): _boolean,
     vol.Optional("discovery_mode", default="device", description='`device` (one message per device, HA 2024.11+) or `entity` (per-entity topics: older HA, openHAB)'): vol.In(("device", "entity")),
-    vol.Optional("keepalive", default=60, description='MQTT keepalive, seconds'): vol.All(_integer, vol.Range(min=0, max=65535)),
-    vol.Optional("heartbeat", default=0, description='seconds between re-publishing unchanged states (0: only on change)'): vol.All(_number, vol.Range(min=0)),
+    vol.Optional("keepalive", default=60, description='MQTT keepalive, seconds'): vol.All(integer, vol.Range(min=0, max=65535)),
+    vol.Optional("heartbeat", default=0, description='seconds between re-publishing unchanged states (0: only on change)'): vol.All(number, vol.Range(min=0)),
     vol.Optional("device_triggers", default=True, description='one Home Assistant device trigger per event type, beside the event entity'): _boolean,
-    vol.Optional("qos", default=1, description='QoS of what the bridge publishes (0 or 1)'): vol.All(_integer, vol.In((0, 1))),
+    vol.Optional("qos", default=1, description='QoS of what the bridge publishes (0 or 1)'): vol.All(integer, vol.In((0, 1))),
     vol.Optional("event_ledger", default=True, description="a second connection (`<client_id>-ledger`, persistent session) that reads the bridge's own events back, so that a crash never repeats one"): _boolean,
 })
 

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import voluptuous as vol
 
+from .validate import integer, number
+
 if TYPE_CHECKING:
     import aiohttp
     from aiohttp import web
@@ -77,16 +79,16 @@ BASE_ACCOUNT_SCHEMA = vol.Schema(
         vol.Required("platform", description='the vendor platform (`fleetbridge plugins` lists them)'): str,
         vol.Required("name", description='shown in Home Assistant'): vol.All(str, vol.Length(min=1)),
         vol.Optional("id", description='slug used in topics (default: slug of the name); unique'): slug,
-        vol.Optional("scan_interval", description='seconds between state polls (default per platform)'): vol.All(vol.Coerce(float), vol.Range(min=1)),
-        vol.Optional("event_interval", description='seconds between event (alarm) polls (default per platform)'): vol.All(vol.Coerce(float), vol.Range(min=1)),
-        vol.Optional("discovery_interval", default=3600, description='seconds between device-list refreshes'): vol.All(vol.Coerce(float), vol.Range(min=5)),
-        vol.Optional("offline_grace", default=3, description="failed polls in a row before the account's devices go offline"): vol.All(vol.Coerce(int), vol.Range(min=1)),
-        vol.Optional("timeout", default=30, description='seconds per vendor request'): vol.All(vol.Coerce(float), vol.Range(min=1, max=600)),
+        vol.Optional("scan_interval", description='seconds between state polls (default per platform)'): vol.All(number, vol.Range(min=1)),
+        vol.Optional("event_interval", description='seconds between event (alarm) polls (default per platform)'): vol.All(number, vol.Range(min=1)),
+        vol.Optional("discovery_interval", default=3600, description='seconds between device-list refreshes'): vol.All(number, vol.Range(min=5)),
+        vol.Optional("offline_grace", default=3, description="failed polls in a row before the account's devices go offline"): vol.All(integer, vol.Range(min=1)),
+        vol.Optional("timeout", default=30, description='seconds per vendor request'): vol.All(number, vol.Range(min=1, max=600)),
         vol.Optional("verify_tls", default=True, description="check the vendor's TLS certificate (false must be explicit and is warned about)"): bool,
         vol.Optional("ca_file", description='CA bundle for a server with a private CA'): str,
         vol.Optional("simulator", default=False, description="run the platform's bundled simulator in-process and use it (true or {devices, seed, port})"): vol.Any(bool, SIMULATOR_SCHEMA),
         vol.Optional("services", default=dict, description='{service: true/false}; dangerous services stay off unless set true'): {str: bool},
-        vol.Optional("rate_limits", default=dict, description="{request kind: minimum seconds between requests} over the platform's defaults"): {str: vol.All(vol.Coerce(float), vol.Range(min=0))},
+        vol.Optional("rate_limits", default=dict, description="{request kind: minimum seconds between requests} over the platform's defaults"): {str: vol.All(number, vol.Range(min=0))},
         vol.Optional("enabled", default=True, description='false keeps the account configured but stopped'): bool,
     }
 )

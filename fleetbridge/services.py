@@ -8,28 +8,17 @@ value or a JSON object. :func:`parse_payload` turns it into validated parameters
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import voluptuous as vol
 
 from .errors import Rejected
+from .validate import integer, number
 
 MAX_PAYLOAD = 4096
 
 
-def Number(value: Any) -> float:
-    """Voluptuous validator: a finite number (numeric strings accepted)."""
-    if isinstance(value, bool):
-        raise vol.Invalid("expected a number")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise vol.Invalid(f"expected a number, got {str(value)[:20]!r}") from None
-    if not math.isfinite(number):
-        raise vol.Invalid("expected a finite number")
-    return number
 Text = vol.All(str, vol.Strip, vol.Length(min=1, max=1000))
 
 
@@ -58,7 +47,7 @@ SERVICES: tuple[ServiceDescription, ...] = (
     ServiceDescription(name="reboot", title="Reboot", icon="mdi:restart", entity_category="config"),
     ServiceDescription(
         name="set_odometer", title="Set odometer", component="number", text_param="odometer",
-        params=vol.Schema({vol.Required("odometer"): vol.All(Number, vol.Range(min=0, max=10_000_000))}),
+        params=vol.Schema({vol.Required("odometer"): vol.All(number, vol.Range(min=0, max=10_000_000))}),
         icon="mdi:counter", entity_category="config", number_range=(0, 10_000_000, 0.1),
     ),
     ServiceDescription(
@@ -73,7 +62,7 @@ SERVICES: tuple[ServiceDescription, ...] = (
     ServiceDescription(name="locate", title="Locate", icon="mdi:crosshairs-gps", dangerous=True),
     ServiceDescription(
         name="set_usage_limit", title="Set usage limit", component=None, text_param="limit_mb",
-        params=vol.Schema({vol.Required("limit_mb"): vol.All(Number, vol.Range(min=0))}),
+        params=vol.Schema({vol.Required("limit_mb"): vol.All(number, vol.Range(min=0))}),
     ),
     ServiceDescription(name="remove_usage_limit", title="Remove usage limit", component=None),
     ServiceDescription(name="terminate", title="Terminate line", component=None, dangerous=True,
@@ -93,9 +82,9 @@ SERVICES: tuple[ServiceDescription, ...] = (
         name="create_geofence", title="Create geofence", component=None,
         params=vol.Schema({
             vol.Required("name"): vol.All(str, vol.Strip, vol.Length(min=1, max=64)),
-            vol.Required("latitude"): vol.All(Number, vol.Range(min=-90, max=90)),
-            vol.Required("longitude"): vol.All(Number, vol.Range(min=-180, max=180)),
-            vol.Required("radius"): vol.All(vol.Coerce(int), vol.Range(min=100, max=5000)),
+            vol.Required("latitude"): vol.All(number, vol.Range(min=-90, max=90)),
+            vol.Required("longitude"): vol.All(number, vol.Range(min=-180, max=180)),
+            vol.Required("radius"): vol.All(integer, vol.Range(min=100, max=5000)),
             vol.Optional("alarm", default="both"): vol.In(["in", "out", "both"]),
         }),
     ),

@@ -21,6 +21,7 @@ from fleetbridge.config import (
 )
 from fleetbridge.errors import ConfigError
 from fleetbridge.platform import BASE_ACCOUNT_SCHEMA, Platform
+from fleetbridge.validate import number
 
 FIXTURES = Path(__file__).parent / "fixtures" / "config"
 
@@ -33,7 +34,7 @@ class FakePlatform(Platform):
     CONFIG_SCHEMA = BASE_ACCOUNT_SCHEMA.extend({
         vol.Required("account"): str,
         vol.Required("password"): str,
-        vol.Optional("limit", default=20): vol.Coerce(float),
+        vol.Optional("limit", default=20): number,
     })
     SECRET_KEYS = ("password",)
     SERVICES = ("engine_stop", "reboot")
@@ -184,6 +185,22 @@ def test_typo_in_key(tmp_path: Path) -> None:
     message = error(tmp_path, ACCOUNT + "    scan_intervall: 30\n")
     assert message.endswith("config.yaml, line 6: accounts[0] (Delivery vans): unknown key "
                             "'scan_intervall' (did you mean 'scan_interval'?)")
+
+
+@pytest.mark.parametrize("line, problem", [
+    ("scan_interval: .inf", "'scan_interval': expected a finite number, got inf"),
+    ("scan_interval: .nan", "'scan_interval': expected a finite number, got nan"),
+    ("scan_interval: true", "'scan_interval': expected a number, got true"),
+    ("scan_interval: 1" + "0" * 400, "'scan_interval': expected a number, got 1000"),
+    ("offline_grace: 1.5", "'offline_grace': expected an integer, got 1.5"),
+    ("offline_grace: '2 '", None),
+])
+def test_numbers_are_finite_and_integers_whole(tmp_path: Path, line: str, problem: str | None) -> None:
+    """``vol.Coerce`` let .inf/.nan/true through, truncated 1.5 and crashed on a 400-digit number."""
+    if problem is None:
+        assert load(tmp_path, ACCOUNT + "    " + line + "\n").accounts[0].data["offline_grace"] == 2
+        return
+    assert problem in error(tmp_path, ACCOUNT + "    " + line + "\n")
 
 
 def test_missing_credential_points_at_account(tmp_path: Path) -> None:

@@ -144,10 +144,14 @@ async def test_third_party_plugin_devices_published_and_broken_one_isolated(
          ["line 2", "password"]),
         ("accounts:\n  - platform: opengps\n    name: Vans\n    base_url: http://x\n    account: a\n"
          "    password: pw-000\n    scan_interval: often\n", ["line 7", "scan_interval"]),
+        ("accounts:\n  - platform: opengps\n    name: Vans\n    base_url: http://x\n    account: a\n"
+         "    password: pw-000\n    scan_interval: 1" + "0" * 400 + "\n", ["line 7", "scan_interval", "a number"]),
+        ("accounts:\n  - platform: opengps\n    name: Vans\n    base_url: http://x\n    account: a\n"
+         "    password: pw-000\n    event_concurrency: .nan\n", ["line 7", "event_concurrency", "an integer"]),
         ("accounts:\n  - platform: opengps\n    name: [unclosed\n", ["line"]),
         ("accounts:\n  - platform: opengsp\n    name: Vans\n", ["line 2", "opengps"]),
     ],
-    ids=["typo", "missing-credential", "wrong-type", "malformed-yaml", "unknown-platform"],
+    ids=["typo", "missing-credential", "wrong-type", "huge-number", "nan", "malformed-yaml", "unknown-platform"],
 )
 def test_bad_config_exits_2_with_file_and_line(tmp_path: Path, body: str, expect: list[str]) -> None:
     config = tmp_path / "bad.yaml"

@@ -108,7 +108,7 @@ def as_float(value: Any) -> float | None:
         value = value.strip().replace(",", "")
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return number if math.isfinite(number) else None
 

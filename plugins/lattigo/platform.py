@@ -28,6 +28,7 @@ from fleetbridge.platform import (
     cooperative,
     slugify,
 )
+from fleetbridge.validate import integer, number
 
 from .api import DEFAULT_BASE_URL, DEVICE, LIST, OPERATION, LattigoClient, Refused
 from .batching import Coalescer
@@ -77,7 +78,7 @@ def _url(value: Any) -> str:
     return text.rstrip("/")
 
 
-SECONDS = vol.All(vol.Coerce(float), vol.Range(min=0))  # 0 disables
+SECONDS = vol.All(number, vol.Range(min=0))  # 0 disables
 NON_EMPTY = vol.All(str, vol.Length(min=1))
 
 
@@ -143,7 +144,7 @@ class LattigoPlatform(Platform):
         vol.Required("api_key", description="the API key (use !secret)"): NON_EMPTY,
         vol.Optional("page_size", default=500,
                      description="devices per page asked for (`per_page`); the server may give fewer"):
-            vol.All(vol.Coerce(int), vol.Range(min=1, max=10_000)),
+            vol.All(integer, vol.Range(min=1, max=10_000)),
         vol.Optional("usage_interval", default=3600.0,
                      description="seconds between a device's daily and monthly usage fetches (2 requests); "
                                  "0 = off"): SECONDS,
@@ -154,21 +155,21 @@ class LattigoPlatform(Platform):
                      description="seconds between rate plan fetches (for `data_allowance_used`); 0 = off"): SECONDS,
         vol.Optional("batch_window", default=0.5,
                      description="seconds: calls of one operation within it go out as one request"):
-            vol.All(vol.Coerce(float), vol.Range(min=0, max=10)),
+            vol.All(number, vol.Range(min=0, max=10)),
         vol.Optional("max_batch", default=100, description="devices (`device_names`) per batched request"):
-            vol.All(vol.Coerce(int), vol.Range(min=1, max=1000)),
+            vol.All(integer, vol.Range(min=1, max=1000)),
         vol.Optional("sim_state_timeout", default=1800.0,
                      description="seconds: a SIM suspend/restore not seen in the device list by then is a timeout"):
-            vol.All(vol.Coerce(float), vol.Range(min=1)),
+            vol.All(number, vol.Range(min=1)),
         vol.Optional("sim_check_interval", default=60.0,
                      description="seconds between one-device checks of open SIM changes"):
-            vol.All(vol.Coerce(float), vol.Range(min=0.05)),
+            vol.All(number, vol.Range(min=0.05)),
         vol.Optional("sms_status_interval", default=10.0,
                      description="seconds between SMS delivery-status looks (`get_sms`)"):
-            vol.All(vol.Coerce(float), vol.Range(min=0)),
+            vol.All(number, vol.Range(min=0)),
         vol.Optional("sms_status_attempts", default=6,
                      description="delivery-status looks after send_sms (0: none, the call ends at queued)"):
-            vol.All(vol.Coerce(int), vol.Range(min=0, max=100)),
+            vol.All(integer, vol.Range(min=0, max=100)),
         vol.Optional("note_field", default="note",
                      description="the field set_note writes: note, note1, note2 or note3"): vol.In(NOTE_FIELDS),
         vol.Optional("usage_limit_usernames", default=list,
@@ -176,7 +177,7 @@ class LattigoPlatform(Platform):
             [NON_EMPTY],
         vol.Optional("terminate_max_etf",
                      description="terminate is refused when the early-termination fee is above this "
-                                 "(or unknown); unset: no cap"): vol.All(vol.Coerce(float), vol.Range(min=0)),
+                                 "(or unknown); unset: no cap"): vol.All(number, vol.Range(min=0)),
     })
     SECRET_KEYS = ("api_key",)
     RATE_LIMITS = {

@@ -524,7 +524,7 @@ class OpenGpsClient:
             raise BadResponse("/api/command/query: the answer holds no record")
         try:
             status = int(record.get("commandstatus") or 0)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise BadResponse("/api/command/query: commandstatus is not a number") from None
         return status, str(record.get("response") or "")
 
@@ -570,7 +570,7 @@ def _code(payload: Mapping[str, Any]) -> int | None:
 def _float(value: Any) -> float | None:
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return number if number == number else None
 

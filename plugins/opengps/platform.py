@@ -25,6 +25,7 @@ from fleetbridge.platform import (
     ServiceCall,
     ServiceResult,
 )
+from fleetbridge.validate import integer, number
 
 from .alarms import ALARM_EVENT_TYPES, AlarmRecord
 from .api import OpenGpsClient
@@ -44,8 +45,7 @@ def _url(value: Any) -> str:
     return text.rstrip("/")
 
 
-def _positive(kind: type) -> vol.All:
-    return vol.All(vol.Coerce(kind), vol.Range(min=0))
+NON_NEGATIVE = vol.All(number, vol.Range(min=0))
 
 
 TRACKER_KEYS = frozenset({
@@ -131,10 +131,10 @@ def _number(value: Any, kind: type = float) -> Any:
         return value if kind is int else float(value)
     if isinstance(value, bool):
         raise ValueError("boolean where a number was expected")
-    number = float(value)
-    if number != number or number in (float("inf"), float("-inf")):
+    result = float(value)
+    if result != result or result in (float("inf"), float("-inf")):
         raise ValueError("not a finite number")
-    return int(number) if kind is int else number
+    return int(result) if kind is int else result
 
 
 _LEADING_NUMBER = re.compile(r"\s*(-?\d+(?:\.\d+)?)")
@@ -294,20 +294,20 @@ class OpenGpsPlatform(Platform):
         vol.Optional("include_subaccounts", default=False,
                      description="distributor accounts: also list the devices of every sub-account"): bool,
         vol.Optional("engine_stop_max_speed", default=20.0,
-                     description="km/h above which engine_stop is refused"): _positive(float),
+                     description="km/h above which engine_stop is refused"): NON_NEGATIVE,
         vol.Optional("engine_stop_max_fix_age", default=300.0,
-                     description="seconds: engine_stop is refused when the last fix is older"): _positive(float),
+                     description="seconds: engine_stop is refused when the last fix is older"): NON_NEGATIVE,
         vol.Optional("command_poll_interval", default=1.0,
-                     description="seconds between command status queries"): _positive(float),
+                     description="seconds between command status queries"): NON_NEGATIVE,
         vol.Optional("command_poll_attempts", default=30,
-                     description="queries before a command is a timeout"): vol.All(vol.Coerce(int),
+                     description="queries before a command is a timeout"): vol.All(integer,
                                                                                    vol.Range(min=1, max=600)),
         vol.Optional("token_refresh", default=5400.0,
-                     description="seconds before the 2-hour token is renewed"): vol.All(vol.Coerce(float),
+                     description="seconds before the 2-hour token is renewed"): vol.All(number,
                                                                                        vol.Range(min=60, max=7000)),
         vol.Optional("event_concurrency", default=4,
                      description="alarm requests in flight at once (the alarm API takes one IMEI per request)"):
-            vol.All(vol.Coerce(int), vol.Range(min=1, max=32)),
+            vol.All(integer, vol.Range(min=1, max=32)),
     })
     SECRET_KEYS = ("password",)
     RATE_LIMITS = {
@@ -599,5 +599,5 @@ def _ts(moment: datetime) -> int:
 def _int_or(value: Any, default: int) -> int:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return default

@@ -29,6 +29,7 @@ from fleetbridge.platform import (
     ServiceResult,
     cooperative,
 )
+from fleetbridge.validate import integer, number
 
 from .airvantage_api import (
     MESSAGES,
@@ -72,7 +73,7 @@ CRITERIA_SCHEMA = vol.Schema({
 
 
 def _seconds(low: float, high: float) -> Any:
-    return vol.All(vol.Coerce(float), vol.Range(min=low, max=high))
+    return vol.All(number, vol.Range(min=low, max=high))
 
 
 def gateway_name(gw: Mapping[str, Any]) -> str:
@@ -140,7 +141,7 @@ class AirVantagePlatform(Platform):
                      description="gateway filter: {labels (any of), type, states, assigned, metadata}"):
             CRITERIA_SCHEMA,
         vol.Optional("page_size", default=500, description="gateways per listing page"):
-            vol.All(vol.Coerce(int), vol.Range(min=1, max=500)),
+            vol.All(integer, vol.Range(min=1, max=500)),
         vol.Optional("note_key", default="note", description="the metadata key set_note writes"):
             vol.All(str, vol.Length(min=1, max=100)),
         vol.Optional("operation_poll_interval", default=5.0, description="seconds between operation checks"):

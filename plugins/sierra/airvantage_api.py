@@ -130,11 +130,11 @@ def parse_operation(payload: Any, uid: str) -> Operation:
     for state, count in pairs:
         try:
             counters[str(state)] = counters.get(str(state), 0) + int(count)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             continue
     try:
         total = int(payload.get("total") or 0)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         total = 0
     return Operation(uid=str(payload.get("uid") or uid), state=str(payload["state"]), counters=counters,
                      total=total)
@@ -214,5 +214,5 @@ class AirVantageApi:
 def _int(value: Any) -> int | None:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None

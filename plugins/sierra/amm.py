@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import voluptuous as vol
@@ -22,6 +22,7 @@ from fleetbridge.platform import (
     Platform,
     RateLimit,
 )
+from fleetbridge.validate import integer, number
 
 from .amm_api import INVALID_ID, MESSAGES, TOO_MANY_TARGETS, AmmApi, Gateway, Group
 from .amm_data import (
@@ -64,8 +65,8 @@ SHARED_MARGIN = 10  # requests the server may count beyond ours before we call t
 HOST_PER_HOUR = 360  # what RATE_LIMITS declares to the host (a class-level figure)
 
 
-def _positive(kind: type, low: float, high: float) -> Any:
-    return vol.All(vol.Coerce(kind), vol.Range(min=low, max=high))
+def _ranged(kind: Callable[[Any], Any], low: float, high: float) -> Any:
+    return vol.All(kind, vol.Range(min=low, max=high))
 
 
 class AmmPlatform(Platform):
@@ -84,18 +85,18 @@ class AmmPlatform(Platform):
                                  "the default ids (null drops one)"): DATA_IDS_SCHEMA,
         vol.Optional("staleness", default=604800.0,
                      description="seconds: live values older than this are left out (0 = keep all)"):
-            _positive(float, 0, 10 * 365 * 86400),
+            _ranged(number, 0, 10 * 365 * 86400),
         vol.Optional("group_rate_limit", default=360,
                      description="requests/hour the owner group may make (AMM API Group Usage Control)"):
-            _positive(int, 1, 99_999),
+            _ranged(integer, 1, 99_999),
         vol.Optional("system_rate_limit", default=10_000, description="AMM's system-wide requests/hour"):
-            _positive(int, 1, 1_000_000),
+            _ranged(integer, 1, 1_000_000),
         vol.Optional("budget_share", default=0.9,
                      description="share of the smaller of the two limits this bridge may use"):
-            _positive(float, 0.05, 1.0),
+            _ranged(number, 0.05, 1.0),
         vol.Optional("batch_size", default=100,
                      description="most gateways per group request (AMM's aggregation limit)"):
-            _positive(int, 1, 1000),
+            _ranged(integer, 1, 1000),
     })
     SECRET_KEYS = SECRET_KEYS
     #: every /api/v1 request counts against the owner group's 360/h; the platform plans below it

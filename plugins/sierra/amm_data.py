@@ -15,6 +15,7 @@ from typing import Any
 import voluptuous as vol
 
 from fleetbridge.entities import STATE_KEY_BY_NAME
+from fleetbridge.validate import number
 
 from .common import ms_to_iso, ms_to_seconds
 
@@ -78,7 +79,7 @@ def _target(value: Any) -> str:
 
 #: ``data_ids:`` in the account config: ``{<AMM id>: <target> | {key, scale} | null}`` merged over the defaults.
 DATA_IDS_SCHEMA = vol.Schema({
-    str: vol.Any(None, _target, {vol.Required("key"): _target, vol.Optional("scale"): vol.Coerce(float)}),
+    str: vol.Any(None, _target, {vol.Required("key"): _target, vol.Optional("scale"): number}),
 })
 
 

@@ -113,7 +113,7 @@ def ms_to_seconds(value: Any) -> float | None:
         return None
     try:
         ms = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if not 0 < ms < 1e14:  # before 1970 or a µs/ns value
         return None

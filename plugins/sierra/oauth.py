@@ -206,6 +206,6 @@ class OAuthClient:
 def _expires_in(value: Any) -> float:
     try:
         seconds = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return DEFAULT_EXPIRES_IN
     return seconds if seconds > 0 else DEFAULT_EXPIRES_IN

@@ -454,14 +454,14 @@ def _page_key(url: URL, query: Mapping[str, str]) -> str:
 def _int(value: Any, default: int) -> int:
     try:
         return int(str(value))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return default
 
 
 def _number(value: Any) -> float | None:
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return number if number == number and number >= 0 else None
 

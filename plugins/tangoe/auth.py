@@ -211,7 +211,7 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
 def _number(value: Any) -> float | None:
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return number if number == number and number >= 0 else None
 

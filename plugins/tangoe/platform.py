@@ -26,6 +26,7 @@ from fleetbridge.platform import (
     ServiceResult,
     cooperative,
 )
+from fleetbridge.validate import integer, number
 
 from .api import Context, RequestRefused, TangoeClient, item_id
 from .auth import Credentials, TokenManager
@@ -113,15 +114,15 @@ class TangoePlatform(Platform):
                      description="act for this company employee id (X-TNGO-CONTEXT-COMPANYEMPLOYEEID)"): str,
         vol.Optional("hierarchy_id", description="header X-TNGO-CONTEXT-HIERARCHYID"): str,
         vol.Optional("page_size", default=500, description="`limit` of every collection request"):
-            vol.All(vol.Coerce(int), vol.Range(min=1, max=1000)),
+            vol.All(integer, vol.Range(min=1, max=1000)),
         vol.Optional("max_pages", default=1000, description="most pages read per collection sweep (a guard)"):
-            vol.All(vol.Coerce(int), vol.Range(min=1, max=100_000)),
+            vol.All(integer, vol.Range(min=1, max=100_000)),
         vol.Optional("order_properties", default=dict,
                      description="{property id: value} for order properties the carrier requires, "
                                  "e.g. CONTACT_NUMBER"): {str: vol.Coerce(str)},
         vol.Optional("order_timeout", default=14 * 86400.0,
                      description="seconds: a placed order still open after this is a timeout"):
-            vol.All(vol.Coerce(float), vol.Range(min=60)),
+            vol.All(number, vol.Range(min=60)),
     })
     SECRET_KEYS = ("password", "client_secret")
     RATE_LIMITS = {kind: RateLimit() for kind in ("token", "me", "list", "detail", "orders", "order_write")}
