@@ -17,6 +17,13 @@ from typing import Any
 import aiomqtt
 import pytest
 import yaml
+from hypothesis import settings
+
+# The generated-input tests draw the same examples in every run (a test run, CI included, is
+# reproducible); HYPOTHESIS_PROFILE=explore draws new ones each run, to search for new failures.
+settings.register_profile("repeatable", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 def _free_port() -> int:
