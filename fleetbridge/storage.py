@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS kv (
 """
 
 OPEN_STATUSES = ("received", "pending")
+BUSY_TIMEOUT = 5.0  # seconds a statement waits for another process's lock on the file
 EVENT_SEEN_DAYS = 30
 
 
@@ -43,11 +44,25 @@ class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
+                                  timeout=BUSY_TIMEOUT)
+        self._use_wal()
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=5000")
         self.db.executescript(SCHEMA)
+
+    def _use_wal(self) -> None:
+        """Switch the file to WAL. The switch takes the file's lock without SQLite's busy wait, so a
+        second process opening the same new file at that moment (``fleetbridge call`` beside
+        ``run``) got "database is locked": it is retried for up to ``BUSY_TIMEOUT``."""
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.02)
 
     def close(self) -> None:
         self.db.close()

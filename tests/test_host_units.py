@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -135,6 +137,29 @@ def test_store_events_dedupe_and_outbox(tmp_path: Path) -> None:
     store.journal_update(entry, "success", "ok")
     assert store.journal_pending("a") == []
     store.close()
+
+
+def _open_store(path: Path, barrier: Any, results: Any) -> None:
+    barrier.wait()
+    try:
+        Store(path).close()
+        results.put("ok")
+    except Exception as err:  # noqa: BLE001 - the test reports it
+        results.put(f"{type(err).__name__}: {err}")
+
+
+def test_processes_opening_one_new_store_at_once_all_succeed(tmp_path: Path) -> None:
+    """``fleetbridge call`` beside ``run``, or two calls at once (a CI failure): the switch to WAL
+    raised "database is locked" in a few rounds in a hundred before it was retried."""
+    ctx = multiprocessing.get_context("fork")
+    for n in range(100):
+        barrier, results = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_open_store, args=(tmp_path / f"s{n}.db", barrier, results)) for _ in range(4)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(30)
+        assert [results.get(timeout=5) for _ in procs] == ["ok"] * 4, n
 
 
 async def test_rate_budget_keeps_min_interval() -> None:
