@@ -30,6 +30,8 @@ from .validate import integer, number
 SECRETS_FILE = "secrets.yaml"
 MIN_SECRET_LEN = 4  # shorter values are not collected: redacting them would garble every log line
 REDACTED = "***"
+MAX_DEPTH = 32  # levels of nesting a config may have (its deepest setting needs 5)
+MAX_VALUES = 1_000_000  # values a config may expand to through its aliases
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 KeyPath = tuple[Any, ...]  # a key path: ("accounts", 0, "scan_interval")
@@ -268,15 +270,49 @@ def _parse(path: Path, *, name: str, secrets_path: Path | None) -> Any:
     try:
         loader = LineLoader(text, file=name, secrets_path=secrets_path)  # the pure-Python one reads here
         try:
-            return loader.get_single_data()
+            return _checked_tree(loader.get_single_data())
         finally:
             loader.dispose()
+    except RecursionError:
+        raise ConfigError(f"{name}: nested too deeply") from None
     except yaml.MarkedYAMLError as err:
         raise ConfigError(_yaml_problem(name, err)) from None
     except yaml.reader.ReaderError as err:
         raise ConfigError(_reader_problem(name, text, err)) from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{name}: {err}") from None
+
+
+def _checked_tree(root: Any) -> Any:
+    """``root``, unless a value contains itself (``&a [*a]``), nests deeper than ``MAX_DEPTH`` or
+    expands through aliases to more than ``MAX_VALUES`` values ("billion laughs"): no setting means
+    any of these, and every later walk of the tree would recurse without end, past Python's limit or
+    for minutes. Each node is walked once, however often it is shared."""
+    on_path: set[int] = set()
+    size: dict[int, int] = {}  # id -> values it expands to, for the nodes walked
+    stack: list[tuple[Any, int]] = [(root, 1)]  # depth < 0: leaving the node
+    while stack:
+        node, depth = stack.pop()
+        if not isinstance(node, (YamlDict, YamlList)):
+            continue
+        children = list(node.values() if isinstance(node, dict) else node)
+        if depth < 0:
+            on_path.discard(id(node))
+            size[id(node)] = total = 1 + sum(size.get(id(child), 1) for child in children)
+            if total > MAX_VALUES:
+                raise ConfigError(f"{node.file}, line {node.line}: aliases expand this value to more than "
+                                  f"{MAX_VALUES:,} values")
+            continue
+        if id(node) in on_path:
+            raise ConfigError(f"{node.file}, line {node.line}: this value contains itself (a recursive alias)")
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{node.file}, line {node.line}: nested deeper than {MAX_DEPTH} levels")
+        if id(node) in size:
+            continue
+        on_path.add(id(node))
+        stack.append((node, -1))
+        stack.extend((child, depth + 1) for child in children)
+    return root
 
 
 def load_yaml(path: str | Path) -> Any:

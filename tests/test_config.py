@@ -386,3 +386,46 @@ def test_load_yaml_records_lines(tmp_path: Path) -> None:
     assert data["b"].lines == {0: 3, 1: 5} and data["b"][1].line == 5
     assert data["b"].line_of(1) == 5 and data["b"][1].line_of("missing") == 5
     assert data.file == str(path)
+
+
+# --- hostile YAML ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("accounts:\n  - platform: fake\n    name: X\n    limit: &a [*a]\n",
+     "line 4: this value contains itself (a recursive alias)"),
+    ("accounts:\n  - &acc\n    platform: fake\n    name: X\n    me: *acc\n",
+     "line 2: this value contains itself (a recursive alias)"),
+    ("accounts: " + "[" * 5000 + "]" * 5000 + "\n", "line 1: nested deeper than 32 levels"),
+    ("".join(f"{k}: &{k} [{', '.join([f'*{p}' if p else '1'] * 10)}]\n"
+             for p, k in zip([None, *"abcdefg"], "abcdefgh")) + "accounts: []\n",
+     "line 6: aliases expand this value to more than 1,000,000 values"),
+], ids=["recursive-list", "recursive-map", "deep", "billion-laughs"])
+def test_yaml_that_no_setting_means_is_refused_with_its_line(tmp_path: Path, text: str, problem: str) -> None:
+    """Each of these used to end in RecursionError (or a minute of walking), not a config error."""
+    assert problem in error(tmp_path, text)
+
+
+HOSTILE = [".inf", "-.inf", ".nan", "1" + "0" * 400, "-1", "0", "1.5", "true", "null", "''", "[]", "{}",
+           "[1, 2]", "{a: 1}", "!!binary aGVsbG8=", "2026-01-01", "0x10", "1e3", "'  '", "'1e999'", "'nan'",
+           "&a [*a]", "!!set {a}", "9223372036854775808"]
+
+
+def test_every_platform_key_takes_hostile_values_as_a_config_error(tmp_path: Path) -> None:
+    """Every key of every built-in platform, each hostile value: the config loads or ConfigError
+    names the problem, never another exception."""
+    from fleetbridge.plugins import load_plugins
+
+    platforms = load_plugins().platforms
+    config = tmp_path / "config.yaml"
+    tried = 0
+    for name, cls in platforms.items():
+        for key in (str(k) for k in cls.CONFIG_SCHEMA.schema):
+            for value in HOSTILE:
+                config.write_text(f"accounts:\n  - platform: {name}\n    name: X\n    {key}: {value}\n")
+                try:
+                    load_config(config, platforms)
+                except ConfigError as err:
+                    assert "config.yaml" in str(err)
+                tried += 1
+    assert tried > 500
