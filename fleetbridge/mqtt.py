@@ -641,15 +641,18 @@ class MqttLink:
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
 
-        def waiting() -> bool:
-            if discovery_only:
-                return bool(self._dirty_discovery)
-            return bool(self.pending) or not self.connected.is_set()
+        def left() -> bool:
+            return bool(self._dirty_discovery) if discovery_only else bool(self.pending)
 
-        while waiting() and loop.time() < end and (self.connected.is_set() or not discovery_only):
+        def wait_on() -> bool:
+            if discovery_only:
+                return left() and self.connected.is_set()
+            return left() or not self.connected.is_set()
+
+        while wait_on() and loop.time() < end:
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.05)
-        return not waiting()
+        return not left()
 
     async def publish_offline_and_close(self) -> None:
         """Clean shutdown: publish ``offline`` on the will topic and disconnect."""

@@ -53,7 +53,8 @@ class Store:
     def _use_wal(self) -> None:
         """Switch the file to WAL. The switch takes the file's lock without SQLite's busy wait, so a
         second process opening the same new file at that moment (``fleetbridge call`` beside
-        ``run``) got "database is locked": it is retried for up to ``BUSY_TIMEOUT``."""
+        ``run``) got "database is locked": it is retried for up to ``BUSY_TIMEOUT``, blocking as
+        SQLite's own busy wait does (the store is synchronous; this runs once, at open)."""
         deadline = time.monotonic() + BUSY_TIMEOUT
         while True:
             try:
